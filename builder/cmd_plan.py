@@ -43,6 +43,9 @@ def plan_variant(v: Any) -> Plan | None:
         raise ConfigError(str(getattr(v, "source", v.name)), "model.config", None,
                           "plan needs the model's architecture facts (config.json keys) in the target")
     mnbt = _flag(serve, "max-num-batched-tokens")
+    version = str(getattr(getattr(spec, "software", None), "vllm", "") or "")
+    nums = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    engine = "v1" if nums and nums >= (0, 8) else "v0"
     mml = _flag(serve, "max-model-len")
     return plan_model(
         config,
@@ -56,6 +59,7 @@ def plan_variant(v: Any) -> Plan | None:
         max_num_batched_tokens=int(mnbt) if mnbt else None,
         weights_gib=getattr(spec.model, "weights_gib", None),
         model_name=getattr(spec.model, "id", None) or v.name,
+        engine=engine,
     )
 
 
@@ -69,10 +73,13 @@ def plan_variant(v: Any) -> Plan | None:
 @click.option("--max-model-len", type=int, default=None, help="default: the config's max_position_embeddings")
 @click.option("--max-num-seqs", type=int, default=256, show_default=True)
 @click.option("--max-num-batched-tokens", type=int, default=None)
+@click.option("--engine", type=click.Choice(["v0", "v1"]), default="v0", show_default=True,
+              help="vLLM engine whose start-up profile to model: v0 profiles max(max-model-len, 2048) tokens up to 32k, "
+                   "v1 (vLLM >= 0.8) 8192; v0 is the more conservative")
 @click.option("--target", "targets", multiple=True, help="plan every GPU variant of a target (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def cmd(model_config, quantization, tp, gpu, kv_cache_dtype, gpu_memory_utilization, max_model_len,
-        max_num_seqs, max_num_batched_tokens, targets, as_json):
+        max_num_seqs, max_num_batched_tokens, engine, targets, as_json):
     """Will the model, its activations and KV cache fit the GPUs? Answers before any download.
 
     Exit status 1 when a plan does not fit.
@@ -92,7 +99,7 @@ def cmd(model_config, quantization, tp, gpu, kv_cache_dtype, gpu_memory_utilizat
         results.append((str(model_config), plan_model(
             cfg, gpu=gpu, tp=tp, quantization=quantization, kv_cache_dtype=kv_cache_dtype,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, engine=engine,
             model_name=cfg.get("_name_or_path") or Path(model_config).stem,
         )))
     if not results:

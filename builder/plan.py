@@ -106,6 +106,18 @@ class Arch:
     qkv_bias: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def missing_for_weights(self, config: dict) -> list[str]:
+        """Keys whose absence makes a parameter count a guess."""
+        c, _ = _text(config)
+        out = [k for k in ("vocab_size",) if not c.get(k)]
+        if self.experts and not c.get("moe_intermediate_size") and not c.get("intermediate_size"):
+            out.append("moe_intermediate_size")
+        if not self.experts and not c.get("intermediate_size"):
+            out.append("intermediate_size")
+        if self.mla and not (c.get("qk_nope_head_dim") and c.get("v_head_dim")):
+            out += [k for k in ("qk_nope_head_dim", "v_head_dim") if not c.get(k)]
+        return out
+
 
 def _text(config: dict) -> tuple[dict, list[str]]:
     notes = []
@@ -121,7 +133,7 @@ def _text(config: dict) -> tuple[dict, list[str]]:
 
 def arch_from_config(config: dict) -> Arch:
     c, notes = _text(config)
-    need = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+    need = ("num_hidden_layers", "hidden_size", "num_attention_heads")
     missing = [k for k in need if k not in c]
     if missing:
         raise ConfigError("config.json", missing[0], None, "missing key the plan needs", ", ".join(need))
@@ -141,7 +153,7 @@ def arch_from_config(config: dict) -> Arch:
         heads=heads,
         kv_heads=int(c.get("num_key_value_heads") or heads),
         head_dim=int(c.get("head_dim") or hidden // heads),
-        vocab=int(c["vocab_size"]),
+        vocab=int(c.get("vocab_size") or 0),
         intermediate=int(c.get("intermediate_size") or 4 * hidden),
         tie=bool(c.get("tie_word_embeddings", False)),
         dtype_bytes=DTYPE_BYTES.get(dtype, 2),
@@ -173,6 +185,7 @@ class Quant:
     group: int  # weights per scale group (0: per channel / tensor)
     scale_bytes: float
     zero_bits: float  # packed zero point per group
+    known: bool = True  # False: the config does not say how many bits
 
 
 def quant_from(config: dict, quantization: str | None) -> Quant:
@@ -194,6 +207,12 @@ def quant_from(config: dict, quantization: str | None) -> Quant:
     if method == "compressed-tensors":
         groups = qc.get("config_groups") or {}
         w = next(iter(groups.values()), {}).get("weights", {}) if groups else {}
+        if not w and (qc.get("bits") or "fp4" in str(qc.get("format", ""))):
+            # the short form targets carry: {quant_method, bits, group_size, format}
+            w = {"num_bits": qc.get("bits") or 4, "group_size": qc.get("group_size") or 0,
+                 "type": "float" if "fp4" in str(qc.get("format", "")) else "int"}
+        if not w:
+            return Quant("compressed-tensors", 8, 0, 0, 0, known=False)
         bits = int(w.get("num_bits") or 8)
         group = int(w.get("group_size") or 0)
         if bits == 4 and w.get("type") == "float":
@@ -330,7 +349,7 @@ class Plan:
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
-    params_b: float
+    params_b: float | None  # None when the config is too incomplete to count
     weights_gib_total: float
     weights_gib_per_gpu: float
     memory_gib: float
@@ -367,7 +386,14 @@ def plan_model(
     max_num_batched_tokens: int | None = None,
     weights_gib: float | None = None,
     model_name: str | None = None,
+    engine: str = "v0",
 ) -> Plan:
+    """Plan one model on ``tp`` GPUs of one kind (see the module docstring for the model).
+
+    ``engine``: "v0" profiles ``max(max_model_len, 2048)`` tokens up to 32k context (vLLM V0 without
+    chunked prefill, as in seed 003); "v1" (vLLM >= 0.8) profiles 8192 tokens, the API server's
+    chunked-prefill default. ``max_num_batched_tokens`` overrides both.
+    """
     if tp < 1:
         raise UsageError(f"tensor-parallel size must be >= 1, got {tp}")
     if not 0 < gpu_memory_utilization <= 1:
@@ -383,17 +409,31 @@ def plan_model(
                      f"quantization group size {q.group} (quantized checkpoints pad it, e.g. Qwen2.5-72B-AWQ to 29696)")
     w = weight_bytes_per_gpu(a, q, tp)
     total = weight_bytes_total(a, q)
-    if weights_gib:
+    missing = a.missing_for_weights(config)
+    if missing or not q.known:
+        why = f"config.json lacks {', '.join(missing)}" if missing else "the quantization config does not say how many bits"
+        if not weights_gib:
+            raise ConfigError("config.json", missing[0] if missing else "quantization_config", None,
+                              f"{why}: give it, or the expected weights_gib")
+        notes.append(f"{why}: weights taken from the expected {weights_gib:.2f} GiB, split evenly by TP")
+        total = weights_gib * GIB
+        w = {"total": total / tp, "params": None}
+    elif weights_gib:
         ratio = total / GIB / weights_gib
         if abs(ratio - 1) > 0.10:
             notes.append(f"counted weights {total / GIB:.2f} GiB differ from the expected {weights_gib:.2f} GiB by {100 * (ratio - 1):+.0f}%")
     mml = int(max_model_len or a.max_pos or 4096)
     if max_num_batched_tokens:
         tokens = int(max_num_batched_tokens)
+    elif engine == "v1":
+        tokens = 8192  # V1: chunked prefill always, the API server's default budget
     elif mml <= 32768:
         tokens = max(mml, 2048)  # V0 without chunked prefill (seed 003)
     else:
         tokens = 8192  # chunked prefill (V0 above 32k context, V1 always): the API server's default
+    if info.get("unified_memory"):
+        notes.append(f"{gpu_name} shares its memory with the CPU: the OS and other processes use the same pool, "
+                     "so what is free at start-up bounds the KV cache more than this total")
     mem = int(info["memory_bytes"])
     cuda_total = int(info.get("cuda_total_bytes") or (mem - CUDA_RESERVED_BYTES))
     budget = cuda_total * gpu_memory_utilization
@@ -431,7 +471,7 @@ def plan_model(
         max_model_len=mml,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=tokens,
-        params_b=w["params"] / 1e9,
+        params_b=w["params"] / 1e9 if w["params"] else None,
         weights_gib_total=total / GIB,
         weights_gib_per_gpu=wg,
         memory_gib=mem / GIB,
@@ -453,7 +493,7 @@ def format_text(p: Plan) -> str:
     lines = [
         f"{p.model} on {p.tp}x {p.gpu} (quantization {p.quantization or 'none'}, KV cache {p.kv_cache_dtype}, "
         f"utilization {p.gpu_memory_utilization}, max-model-len {p.max_model_len:,})",
-        f"  parameters        {p.params_b:.2f} B ({p.weights_gib_total:.2f} GiB in all)",
+        f"  parameters        {f'{p.params_b:.2f} B' if p.params_b else 'not counted'} ({p.weights_gib_total:.2f} GiB in all)",
         f"  per GPU budget    {p.budget_gib:.2f} GiB ({p.cuda_total_gib:.2f} GiB visible to CUDA of {p.memory_gib:.2f})",
         f"  weights           {p.weights_gib_per_gpu:.2f} GiB",
         f"  non-torch         {p.non_torch_gib:.2f} GiB",

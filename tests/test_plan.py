@@ -253,3 +253,24 @@ def test_cli_target_tp2_a40():
     gpu_plans = [x for x in d if "weights_gib_per_gpu" in x]
     assert gpu_plans
     assert all(within(x["weights_gib_per_gpu"], 19.40, 5) for x in gpu_plans)
+
+
+def test_incomplete_config_uses_expected_weights_or_refuses():
+    from builder.errors import ConfigError
+
+    cfg = {"num_hidden_layers": 36, "hidden_size": 4096, "num_attention_heads": 32, "kv_lora_rank": 512,
+           "qk_rope_head_dim": 64, "n_routed_experts": 128, "num_experts_per_tok": 4, "torch_dtype": "bfloat16"}
+    p = plan_model(cfg, gpu="GB10", max_model_len=262144, gpu_memory_utilization=0.8, weights_gib=66)
+    assert p.weights_gib_per_gpu == pytest.approx(66) and p.params_b is None
+    assert p.kv_bytes_per_token == 36 * 576 * 2  # MLA latent: needs only these keys
+    assert any("lacks vocab_size" in n for n in p.notes)
+    with pytest.raises(ConfigError):
+        plan_model(cfg, gpu="GB10")
+
+
+def test_v1_engine_profiles_fewer_tokens_than_v0_at_32k():
+    cfg = model("qwen2.5-72b-instruct-awq")
+    v0 = plan_model(cfg, gpu="A40", tp=2, max_model_len=32768)
+    v1 = plan_model(cfg, gpu="A40", tp=2, max_model_len=32768, engine="v1")
+    assert (v0.max_num_batched_tokens, v1.max_num_batched_tokens) == (32768, 8192)
+    assert v1.activation_gib < v0.activation_gib and v1.kv_cache_gib_per_gpu > v0.kv_cache_gib_per_gpu
