@@ -1,0 +1,44 @@
+"""imgforge build: build a target's images from the cache, offline and reproducibly."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import json_option, target_option, variant_option, variants_of
+
+
+@click.command("build")
+@target_option()
+@variant_option()
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--service", "services", multiple=True, type=click.Choice(["vllm", "webui", "gateway"]), help="only these images (repeatable)")
+@click.option("--record-golden", is_flag=True, help="write the built image IDs into the lock as its golden digests")
+@json_option
+def cmd(targets, variant, quiet, services, record_golden, as_json):
+    """Build images tagged imgforge/<variant>-<service>:<lock hash> and load them into Docker."""
+    from .build import Builder
+    from .lock import check_lock, lock_path, write_lock
+
+    out = []
+    for v in variants_of(targets, variant):
+        lock = check_lock(v)
+        rep = Builder(v, lock, quiet=quiet or as_json).build(list(services) or None)
+        golden = lock.get("golden") or {}
+        row = {"variant": v.name, "lock_hash": rep.lock_hash, "skipped": rep.skipped, "seconds": round(rep.seconds, 1),
+               "images": {}}
+        for svc, info in rep.images.items():
+            row["images"][svc] = {**info, "golden": golden.get(svc), "matches_golden": golden.get(svc) == info["id"] if golden.get(svc) else None}
+        if record_golden:
+            lock["golden"] = {**golden, **{svc: info["id"] for svc, info in rep.images.items()}}
+            write_lock(lock, lock_path(v.name))
+        out.append(row)
+        if not as_json:
+            state = "up to date" if rep.skipped else f"built in {rep.seconds:.1f}s"
+            click.echo(f"{v.name}: {state}")
+            for svc, info in row["images"].items():
+                g = {True: "= golden", False: "!= golden " + str(info["golden"])[:19], None: "(no golden digest)"}[info["matches_golden"]]
+                click.echo(f"  {info['ref']}  {info['id'][:19]}  {g}")
+    if as_json:
+        click.echo(json.dumps(out, indent=1))

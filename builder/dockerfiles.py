@@ -1,0 +1,204 @@
+"""render (images part): variant + lock -> the Dockerfiles of every build stage.
+
+Each stage is one image layer on top of its parent stage:
+
+    base ─┬─ gateway                         (nginx .debs, as a layer)
+          └─ torch ─┬─ vllm-native ── vllm-pure ── vllm    (tiny model, labels)
+                    └─ webui-native ─ webui-pure ─ webui   (data dir, labels)
+
+A stage's key is the hash of its Dockerfile (which names the parent by its key) and of the
+inputs copied into it (lock entries, assets), so a change rebuilds exactly the stages above it.
+Stage images are tagged ``localhost/imgforge-stage/<variant>-<stage>:<key>`` in buildah's store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import __version__
+from .lock import canonical, lock_hash
+from .paths import images_dir
+
+PREFIX = "/opt/imgforge"
+PYTHON = "/usr/bin/python3"
+PY_MINOR = "3.11"
+UID = 10001
+MODEL_DIR = f"{PREFIX}/models/tiny"
+WEBUI_DATA = "/data"
+IMAGE_SOURCE = "https://github.com/imgforge/imgforge"
+# bumped when the way trees are laid out changes (invalidates the python stages)
+LAYOUT_VERSION = 1
+
+
+@dataclass
+class Stage:
+    name: str
+    template: str
+    parent: str | None
+    inputs: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)  # what build.py puts in the context dir
+    service: str | None = None  # final image of this service
+    key: str = ""
+    dockerfile: str = ""
+
+    def tag(self, variant: str) -> str:
+        return f"localhost/imgforge-stage/{variant}-{self.name}:{self.key[:20]}"
+
+
+def site_packages(prefix: str) -> str:
+    return f"{prefix}/lib/python{PY_MINOR}/site-packages"
+
+
+def asset_path(name: str) -> Path:
+    return images_dir() / "assets" / name
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def generates_model(variant) -> bool:
+    return getattr(variant.spec.model, "generate", None) == "tiny-llama"
+
+
+def model_config_bytes(variant) -> bytes:
+    """The target's model.config as the generator's input (sorted JSON)."""
+    return json.dumps(dict(variant.spec.model.config or {}), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def header(variant_name: str, target: str, lock: dict[str, Any], stage: str) -> str:
+    return (
+        f"# imgforge {__version__}: target {target}, variant {variant_name}, lock {lock_hash(lock)}, "
+        f"stage {stage} (generated from images/; do not edit)"
+    )
+
+
+def plan_stages(variant, lock: dict[str, Any]) -> list[Stage]:
+    """The stages of a variant, in build order (parents first), without keys."""
+    sw = variant.spec.software
+    py = lock["python"]
+    debs = {d["name"]: d["sha256"] for d in lock["debian"]["packages"]}
+    sets = lock["debian"]["sets"]
+    from .rootfs import CUSTOMIZE_HOOK, GATEWAY_HOOK
+
+    stages = [
+        Stage("base", "base.Dockerfile.j2", None,
+              {"debs": sorted(debs[n] for n in sets["base"]), "hook": _sha(CUSTOMIZE_HOOK.encode()),
+               "include": lock["inputs"]["debian"]["sets"]["base"], "sde": lock["source_date_epoch"],
+               "mmdebstrap": lock["tools"].get("mmdebstrap")},
+              {"rootfs": ["base"]}),
+        Stage("gateway", "gateway.Dockerfile.j2", "base",
+              {"debs": sorted(debs[n] for n in sets["base"] + sets["gateway"]), "hook": _sha((CUSTOMIZE_HOOK + GATEWAY_HOOK).encode()),
+               "include": lock["inputs"]["debian"]["sets"]["gateway"]},
+              {"rootfs_layer": ["base", "gateway"]}, service="gateway"),
+    ]
+    if "torch" in py:
+        stages.append(Stage("torch", "python.Dockerfile.j2", "base",
+                            {"wheels": [w["sha256"] for w in py["torch"]], "layout": LAYOUT_VERSION},
+                            {"python": {"group": "torch", "prefix": f"{PREFIX}/torch", "select": "all", "venv": False}}))
+    for svc in ("vllm", "webui"):
+        if svc not in py:
+            continue
+        prefix = f"{PREFIX}/{svc}"
+        parent = "torch" if "torch" in py else "base"
+        for part, pure in (("native", False), ("pure", True)):
+            shas = sorted(w["sha256"] for w in py[svc] if bool(w["pure"]) == pure)
+            stages.append(Stage(f"{svc}-{part}", "python.Dockerfile.j2", parent,
+                                {"wheels": shas, "layout": LAYOUT_VERSION, "installer": lock["tools"].get("installer")},
+                                {"python": {"group": svc, "prefix": prefix, "select": part, "venv": part == "native",
+                                            "torch": f"{PREFIX}/torch" if "torch" in py else None}}))
+            parent = f"{svc}-{part}"
+        if svc == "vllm":
+            inputs: dict[str, Any] = {}
+            files: dict[str, Any] = {}
+            if generates_model(variant):
+                gen = asset_path("make_tiny_model.py").read_bytes()
+                cfg = model_config_bytes(variant)
+                inputs = {"make_tiny_model.py": _sha(gen), "model-config.json": _sha(cfg)}
+                files = {"make_tiny_model.py": str(asset_path("make_tiny_model.py")), "model-config.json": cfg}
+            stages.append(Stage("vllm", "vllm.Dockerfile.j2", parent, inputs, {"files": files}, service="vllm"))
+        else:
+            stages.append(Stage("webui", "webui.Dockerfile.j2", parent, {}, {"dirs": ["data"]}, service="webui"))
+    return stages
+
+
+def labels(variant, lock: dict[str, Any], service: str, target: str) -> dict[str, str]:
+    sw = variant.spec.software
+    lh = lock_hash(lock)
+    from datetime import datetime, timezone
+
+    created = datetime.fromtimestamp(lock["source_date_epoch"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = {
+        "org.opencontainers.image.title": f"imgforge {variant.name} {service}",
+        "org.opencontainers.image.source": IMAGE_SOURCE,
+        # the git commit would change the digest on every commit; the lock hash and imgforge's
+        # version are what the image is made of (publish adds the commit as an annotation)
+        "org.opencontainers.image.revision": f"imgforge-{__version__}+lock.{lh}",
+        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.created": created,
+        "io.imgforge.target": target,
+        "io.imgforge.variant": variant.name,
+        "io.imgforge.service": service,
+        "io.imgforge.lock-hash": lh,
+        "io.imgforge.vllm-version": sw.vllm,
+    }
+    return out
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(images_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _target_name(variant) -> str:
+    return getattr(variant, "target", None) and getattr(variant.target, "name", None) or getattr(variant, "target_name", None) or variant.name
+
+
+def keyed_stages(variant, lock: dict[str, Any]) -> list[Stage]:
+    """Stages with their Dockerfiles rendered and keys computed (parents first)."""
+    env = _env()
+    target = _target_name(variant)
+    sw = variant.spec.software
+    by_name: dict[str, Stage] = {}
+    stages = plan_stages(variant, lock)
+    for st in stages:
+        parent = by_name[st.parent] if st.parent else None
+        ctx = {
+            "header": header(variant.name, target, lock, st.name),
+            "suite": lock["debian"]["suite"],
+            "parent": parent.tag(variant.name) if parent else None,
+            "uid": UID,
+            "python": PYTHON,
+            "what": st.name,
+            "labels": labels(variant, lock, st.service, target) if st.service else {},
+            "vllm_package": sw.vllm_package,
+            "vllm_version": sw.vllm,
+            "webui_version": sw.webui,
+            "model_dir": MODEL_DIR,
+            "data_dir": WEBUI_DATA,
+            "generate_model": generates_model(variant),
+        }
+        if st.service in ("vllm", "webui"):
+            ctx["venv"] = f"{PREFIX}/{st.service}"
+            ctx["python"] = f"{PREFIX}/{st.service}/bin/python"
+        st.dockerfile = env.get_template(st.template).render(**ctx)
+        # the header line names the lock hash: a comment, not part of the image, so not of the key
+        body = st.dockerfile.split("\n", 1)[1]
+        st.key = _sha(canonical({"dockerfile": body, "inputs": st.inputs}))
+        by_name[st.name] = st
+    return stages
+
+
+def render_dockerfiles(variant, lock: dict[str, Any]) -> dict[str, str]:
+    """stage name -> Dockerfile text."""
+    return {st.name: st.dockerfile for st in keyed_stages(variant, lock)}

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs the tools imgforge's lock/fetch/build stages use on Debian 12 (bookworm), as root.
+# Idempotent and non-interactive: packages already installed are left alone.
+set -eu
+
+PKGS="mmdebstrap buildah skopeo uidmap fuse-overlayfs apt-utils dpkg-dev diffoscope-minimal"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing
+fi
+
+for t in mmdebstrap buildah skopeo apt-ftparchive; do
+    command -v "$t" >/dev/null || { echo "install-build-tools: $t missing after install" >&2; exit 1; }
+done
+echo "install-build-tools: mmdebstrap $(mmdebstrap --version | awk '{print $2}'), $(buildah --version), $(skopeo --version)"
