@@ -1,0 +1,40 @@
+"""imgforge verify: boot a stack and check it serves; or --reproducible: rebuild and compare digests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UsageError
+from .options import target_option, variant_option
+
+
+@click.command("verify")
+@target_option(multiple=False)
+@variant_option()
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the JSON report here (default: the state dir's reports/)")
+@click.option("--reproducible", is_flag=True, help="build twice from clean and compare digests instead")
+@click.option("--keep-on-failure", is_flag=True, help="leave a failing stack running for inspection")
+@click.option("--quiet", "-q", is_flag=True, help="print only the report")
+def cmd(targets, variant, json_file, reproducible, keep_on_failure, quiet):
+    """Boot a stack and check it serves; or --reproducible: rebuild and compare digests."""
+    from .cmd_up import one_variant
+
+    if reproducible:
+        try:
+            from .cmd_verify_repro import verify_reproducible
+        except ImportError:
+            raise UsageError("verify --reproducible is not available in this imgforge (builder.cmd_verify_repro is missing)") from None
+        sys.exit(verify_reproducible(targets=targets, variant=variant, json_file=json_file) or 0)
+    from .verify import verify, write_report
+
+    v = one_variant(targets, variant)
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    rep = verify(v, echo=echo, keep_on_failure=keep_on_failure)
+    path = write_report(rep, json_file)
+    click.echo(rep.text())
+    click.echo(f"report: {path}")
+    sys.exit(0 if rep.passed else 1)
