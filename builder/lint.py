@@ -136,6 +136,11 @@ def compose_config(stack_dir: Path, compose_file: str = "compose.yaml") -> dict[
     return json.loads(proc.stdout)
 
 
+def _literal(value: Any) -> Any:
+    """A value of `docker compose config` output as the container gets it (`$$` is a literal `$`)."""
+    return value.replace("$$", "$") if isinstance(value, str) else value
+
+
 def check_compose(stack_dir: Path, variant: Variant | None = None, compose_file: str = "compose.yaml") -> Check:
     try:
         model = compose_config(stack_dir, compose_file)
@@ -146,9 +151,10 @@ def check_compose(stack_dir: Path, variant: Variant | None = None, compose_file:
     services = sorted(model.get("services", {}))
     if variant is not None:
         vllm = model.get("services", {}).get("vllm", {})
-        if vllm.get("command") != variant.command:
-            return Check("compose", "fail", f"services.vllm.command is {vllm.get('command')!r}, not the variant's command {variant.command!r}")
-        env = vllm.get("environment") or {}
+        command = [_literal(a) for a in vllm.get("command") or []]
+        if command != variant.command:
+            return Check("compose", "fail", f"services.vllm.command is {command!r}, not the variant's command {variant.command!r}")
+        env = {k: _literal(x) for k, x in (vllm.get("environment") or {}).items()}
         wrong = {k: env.get(k) for k, v in variant.container_env.items() if env.get(k) != v}
         if wrong:
             return Check("compose", "fail", f"services.vllm.environment differs from the variant's: {wrong}")

@@ -276,7 +276,7 @@ def render_texts(variant: Variant, *, images: dict[str, str] | None = None, lock
     for name, text in dockerfiles.items():
         if name in files:
             raise ValueError(f"render_dockerfiles returned {name!r}, which render writes itself")
-        if not text.startswith("# imgforge:"):
+        if not text.startswith("# imgforge"):  # the images part writes its own header
             text = first + "\n" + text
         files[name] = text
     return dict(sorted(files.items()))

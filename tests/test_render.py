@@ -371,3 +371,28 @@ def test_levels_order_and_persistence(tmp_path):
     with pytest.raises(ValueError, match="unknown verification level"):
         levels.record("x", "deployed")
     assert list(levels.LEVELS) == ["rendered", "linted", "locked", "built", "booted", "served", "reproducible"]
+
+
+def test_a_locked_render_adds_the_dockerfiles_with_headers(tmp_path):
+    from builder.cmd_render import current_lock
+    from builder.lock import lock_hash
+
+    v = expand(load_target("cpu"))[0]
+    lock = current_lock(v)
+    if lock is None:
+        pytest.skip("no current lock for cpu (targets/cpu.lock.json): imgforge lock --target cpu")
+    paths = render(v, tmp_path / "cpu", lock=lock)
+    dockerfiles = [p for p in paths if p.name.startswith("Dockerfile")]
+    assert dockerfiles
+    for p in paths:
+        first, second = p.read_text().splitlines()[:2]
+        assert f"lock {lock_hash(lock)}" in first, p.name
+        assert not second.startswith("# imgforge"), p.name  # one header, not two
+    compose = yaml.safe_load((tmp_path / "cpu" / "compose.yaml").read_text())
+    assert compose["services"]["vllm"]["image"] == f"imgforge/cpu-vllm:{lock_hash(lock)}"
+    readme = (tmp_path / "cpu" / "README.md").read_text()
+    assert all(p.name in readme for p in dockerfiles)
+    for p in dockerfiles:  # no registry image: every FROM is a local stage or scratch
+        for line in p.read_text().splitlines():
+            if line.startswith("FROM "):
+                assert line.split()[1] == "scratch" or line.split()[1].startswith("localhost/"), line
