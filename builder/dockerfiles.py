@@ -192,11 +192,17 @@ def keyed_stages(variant, lock: dict[str, Any]) -> list[Stage]:
             ctx["venv"] = f"{PREFIX}/{st.service}"
             ctx["python"] = f"{PREFIX}/{st.service}/bin/python"
         st.dockerfile = env.get_template(st.template).render(**ctx)
-        # the header line names the lock hash: a comment, not part of the image, so not of the key
-        body = st.dockerfile.split("\n", 1)[1]
-        st.key = _sha(canonical({"dockerfile": body, "inputs": st.inputs}))
+        rekey(st)
         by_name[st.name] = st
     return stages
+
+
+def rekey(st: Stage) -> str:
+    """(Re)compute a stage's key from its Dockerfile and inputs."""
+    # the header line names the lock hash: a comment, not part of the image, so not of the key
+    body = st.dockerfile.split("\n", 1)[1]
+    st.key = _sha(canonical({"dockerfile": body, "inputs": st.inputs}))
+    return st.key
 
 
 def render_dockerfiles(variant, lock: dict[str, Any]) -> dict[str, str]:
