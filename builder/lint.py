@@ -12,6 +12,9 @@ Per variant, in a temporary directory:
   used instead.
 * memory  -- the model and its KV cache against the GPUs (builder.plan), where a
   plan can be made.
+* paths   -- directories the vLLM environment names (PATH, LD_LIBRARY_PATH, TRITON_PTXAS_PATH,
+  ...) that point where the images have nothing: another prefix under /opt than the
+  images' own, or a host CUDA toolkit (the images take CUDA from the nvidia-* wheels).
 
 Each check is ok, fail or skip (with the reason). A variant is ``linted`` when compose
 and nginx ran and passed and nothing failed.
@@ -209,6 +212,32 @@ def check_memory(variant: Variant) -> Check:
     return Check("memory", "ok" if plan.fits else "fail", plan.verdict, list(plan.notes))
 
 
+def image_prefix() -> str | None:
+    try:
+        from .dockerfiles import PREFIX
+    except ImportError:
+        return None
+    return PREFIX
+
+
+def check_paths(variant: Variant) -> Check:
+    prefix = image_prefix()
+    if prefix is None:
+        return Check("paths", "skip", "the images part (builder.dockerfiles) is not available")
+    bad = []
+    for key, value in sorted(variant.container_env.items()):
+        if not (key.endswith("PATH") or key.endswith("_HOME") or key.endswith("_DIR")):
+            continue
+        for path in value.split(":"):
+            if path.startswith("/usr/local/cuda"):
+                bad.append(f"{key}: {path} (no CUDA toolkit in the images; CUDA comes from the nvidia-* wheels under {prefix})")
+            elif path.startswith("/opt/") and not (path + "/").startswith(prefix + "/"):
+                bad.append(f"{key}: {path} (the images install under {prefix}/)")
+    if bad:
+        return Check("paths", "fail", f"{len(bad)} path(s) in the vLLM environment point where the images have nothing", bad)
+    return Check("paths", "ok", f"environment paths point into the images ({prefix}/) or the system")
+
+
 # ---- a variant --------------------------------------------------------------------------
 
 
@@ -223,5 +252,5 @@ def lint_variant(variant: Variant, lock: Any = None) -> LintResult:
         stack = Path(tmp) / variant.name
         write_tree(render_texts(variant, lock=lock), stack)
         checks = lint_dir(stack, variant)
-    checks += [check_flags(variant), check_memory(variant)]
+    checks += [check_flags(variant), check_paths(variant), check_memory(variant)]
     return LintResult(variant=variant.name, target=variant.target.name, checks=checks)
