@@ -7,6 +7,8 @@ Per variant, in a temporary directory:
   normalized result must carry the variant's exact vLLM command line.
 * nginx   -- ``nginx -t`` (Debian's nginx) on the rendered nginx.conf, with a
   placeholder keys file beside it.
+* systemd -- ``systemd-analyze verify`` on the unit, where systemd is installed (any
+  complaint about the unit's lines fails it).
 * flags   -- the vLLM flag check (done when the target is expanded, by the flag data
   of the variant's vLLM version); reports the flags that version lacks and what is
   used instead.
@@ -181,6 +183,18 @@ def check_nginx(conf: Path) -> Check:
     return Check("nginx", "ok", f"nginx -t: syntax ok ({version.replace('nginx version: ', '')})")
 
 
+def check_systemd(unit: Path) -> Check:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return Check("systemd", "skip", "systemd-analyze not installed")
+    unit = Path(unit).resolve()
+    proc = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, cwd=unit.parent, timeout=TIMEOUT_S)
+    complaints = [ln for ln in (proc.stderr + proc.stdout).splitlines() if unit.name in ln]
+    if proc.returncode != 0 or complaints:
+        return Check("systemd", "fail", f"systemd-analyze verify: {_last_lines(chr(10).join(complaints) or proc.stderr)}")
+    return Check("systemd", "ok", f"systemd-analyze verify: {unit.name} ok")
+
+
 def check_flags(variant: Variant) -> Check:
     """The flags were checked against the version's own parser data when the target was expanded."""
     sw = variant.spec.software
@@ -244,7 +258,11 @@ def check_paths(variant: Variant) -> Check:
 def lint_dir(stack_dir: Path, variant: Variant | None = None) -> list[Check]:
     """compose + nginx checks of a rendered directory (prepared in place)."""
     prepare(stack_dir)
-    return [check_compose(stack_dir, variant), check_nginx(stack_dir / "nginx.conf")]
+    checks = [check_compose(stack_dir, variant), check_nginx(stack_dir / "nginx.conf")]
+    units = sorted(stack_dir.glob("*.service"))
+    if units:
+        checks.append(check_systemd(units[0]))
+    return checks
 
 
 def lint_variant(variant: Variant, lock: Any = None) -> LintResult:

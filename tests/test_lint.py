@@ -164,6 +164,29 @@ def test_broken_nginx_conf_fails_nginx_t(stack, old, new):
     assert check.status == "fail", check.detail
 
 
+needs_systemd = pytest.mark.skipif(lint.shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+@needs_systemd
+@pytest.mark.parametrize("old,new", [
+    (None, None),
+    ("Restart=always", "Restart=sometimes"),               # a value systemd refuses
+    ("RestartSec=15", "RestartSecs=15"),                   # an unknown key
+    ("ExecStart=/usr/bin/docker", "ExecStart=docker-nope"),  # not an absolute, executable path
+])
+def test_systemd_unit_verifies_and_broken_units_fail(stack, old, new):
+    v, d = stack
+    unit = d / "imgforge-cpu.service"
+    if old is None:
+        assert lint.check_systemd(unit).status == "ok"
+        return
+    text = unit.read_text()
+    assert old in text
+    unit.write_text(text.replace(old, new, 1))
+    check = lint.check_systemd(unit)
+    assert check.status == "fail", check.detail
+
+
 @needs_nginx
 def test_nginx_t_needs_the_keys_file(stack):
     v, d = stack
