@@ -139,7 +139,8 @@ def apply_fallbacks(path: str, body: TargetBody, flagset) -> tuple[dict[str, Any
             continue
         fb = body.fallbacks.get(name)
         if fb is None:
-            continue  # reported by the flag check below, with suggestions
+            serve[name] = value  # unknown here: the flag check below reports it, with suggestions
+            continue
         replaced.append(Replacement(flag=name, value=value, instead=dict(fb.instead), why=fb.why))
         for k, v in fb.instead.items():
             serve.setdefault(k, v)
