@@ -55,8 +55,8 @@ def _norm_package(package: str) -> str:
     return re.sub(r"[-_.]+", "-", package).lower()
 
 
-class FlagDataMissing(ImgforgeError):
-    """No generated flag data for a vLLM package and version."""
+class FlagDataMissing(ImgforgeError, LookupError):
+    """No generated flag data for a vLLM package and version (also a LookupError)."""
 
     exit_code = 2
 

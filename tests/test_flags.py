@@ -109,6 +109,7 @@ def test_committed_versions_are_available():
 def test_missing_data_names_file_and_generator():
     with pytest.raises(FlagDataMissing) as err:
         load_flags("vllm", "0.0.1")
+    assert isinstance(err.value, LookupError)
     text = str(err.value)
     assert str(flags_dir() / "vllm-0.0.1.json") in text
     assert "scripts/gen_vllm_flags.py vllm 0.0.1" in text
