@@ -147,7 +147,8 @@ class Skopeo:
         return proc
 
     def fail(self, proc: subprocess.CompletedProcess, what: str) -> PublishError:
-        return PublishError(f"{what}: {classify(proc.stderr, self.registry, self.auth_source)}")
+        errors = "\n".join(line for line in proc.stderr.splitlines() if "level=debug" not in line)
+        return PublishError(f"{what}: {classify(errors, self.registry, self.auth_source)}")
 
     def inspect_raw(self, ref: str, what: str) -> bytes | None:
         """The manifest bytes at docker://ref, or None when the registry has no such tag/digest."""
@@ -160,7 +161,8 @@ class Skopeo:
         raise self.fail(proc, what)
 
     def copy(self, src: str, dst: str, what: str, *, src_registry: bool = False) -> subprocess.CompletedProcess:
-        args = ["copy", "--all", "--preserve-digests", "--retry-times", "1", *self._tls("--dest-tls-verify"), *self._auth()]
+        """skopeo copy of everything (index, images) with digests kept; --debug tells what was sent."""
+        args = ["--debug", "copy", "--all", "--preserve-digests", "--retry-times", "1", *self._tls("--dest-tls-verify"), *self._auth()]
         if src_registry:
             args += self._tls("--src-tls-verify")
         proc = self.run([*args, src, dst], what)
@@ -369,19 +371,15 @@ class Layout:
         (self.root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": self.refs}))
 
 
-_BLOB_LINE = re.compile(r"Copying blob (?:sha256:)?([0-9a-f]{64})(.*)")
+_UPLOADED = re.compile(r"Upload of layer sha256:([0-9a-f]{64}) complete")
+_SKIPPED = re.compile(r"Skipping blob sha256:([0-9a-f]{64}) \(already present\)")
 
 
-def count_blobs(stdout: str, sizes: dict[str, int]) -> tuple[int, int, int]:
-    """(sent, skipped, bytes sent) from skopeo copy's output."""
-    sent = skipped = nbytes = 0
-    for m in _BLOB_LINE.finditer(stdout):
-        if "skipped" in m.group(2) or "already exists" in m.group(2):
-            skipped += 1
-        else:
-            sent += 1
-            nbytes += sizes.get(m.group(1), 0)
-    return sent, skipped, nbytes
+def count_blobs(log: str, sizes: dict[str, int]) -> tuple[int, int, int]:
+    """(sent, skipped, bytes sent) from skopeo --debug's log: blobs uploaded vs found or mounted."""
+    sent = set(_UPLOADED.findall(log))
+    skipped = set(_SKIPPED.findall(log)) - sent
+    return len(sent), len(skipped), sum(sizes.get(d, 0) for d in sent)
 
 
 # --------------------------------------------------------------------------- remote state
@@ -490,7 +488,7 @@ def _push_content(sk: Skopeo, p: Plan, cache: Path, echo: Callable[[str], None])
     work = Path(tempfile.mkdtemp(prefix="layout-", dir=cache))
     try:
         lay = Layout(work / "oci")
-        children, sizes = [], {}
+        children, sizes, manifests = [], {}, []
         for src in spec.sources:
             echo(f"{spec.name}: exporting {src.arch} image {src.image_id[7:19]} from {src.ref.split(':', 1)[0]}")
             d = export_dir(src, cache / "images", sk)
@@ -499,6 +497,7 @@ def _push_content(sk: Skopeo, p: Plan, cache: Path, echo: Callable[[str], None])
                     lay.link(f)
                     sizes[f.name] = f.stat().st_size
             man = (d / "manifest.json").read_bytes()
+            manifests.append(man)
             lay.put(man)
             children.append(child_descriptor(man, src.arch, src.annotations))
         annotations = dict(spec.annotations)
@@ -521,10 +520,11 @@ def _push_content(sk: Skopeo, p: Plan, cache: Path, echo: Callable[[str], None])
         sent = skipped = nbytes = 0
         if sbom_digest:
             proc = sk.copy(f"oci:{lay.root}:sbom", f"docker://{repo}@{sbom_digest}", f"push {repo} SBOM")
-            a, b, c = count_blobs(proc.stdout, {spec.sbom and hashlib.sha256(spec.sbom).hexdigest(): len(spec.sbom)})
+            a, b, c = count_blobs(proc.stderr, {hashlib.sha256(spec.sbom).hexdigest(): len(spec.sbom), sha256_bytes(empty)[7:]: 2})
             sent, skipped, nbytes = sent + a, skipped + b, nbytes + c
         proc = sk.copy(f"oci:{lay.root}:image", f"docker://{repo}@{digest}", f"push {repo}")
-        a, b, c = count_blobs(proc.stdout, sizes)
+        sizes.update({sha256_bytes(m)[7:]: len(m) for m in manifests})
+        a, b, c = count_blobs(proc.stderr, sizes)
         sent, skipped, nbytes = sent + a, skipped + b, nbytes + c
         res = Result(spec.name, status, digest, [], blobs_sent=sent, blobs_skipped=skipped, bytes_sent=nbytes,
                      image_ids={s.arch: s.image_id for s in spec.sources}, sbom=sbom_digest)
