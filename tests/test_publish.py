@@ -580,7 +580,7 @@ def test_cpu_stack_round_trip(registry, no_creds, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     conf = store / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{store}/graph"\nrunroot = "{store}/run"\n')
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{store}/graph"\nrunroot = "{store}/run"\n')
     senv = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf)}
     for svc, ref in refs.items():
         src = f"docker://{registry.host}/stack/cpu-{svc}@{first['cpu-' + svc]['digest']}"
