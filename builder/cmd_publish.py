@@ -23,21 +23,31 @@ def _mib(n: int) -> str:
 @click.option("--service", "services", multiple=True, type=click.Choice(["vllm", "webui", "gateway"]),
               help="only these images (repeatable; default: all of the variant's)")
 @click.option("--force", is_flag=True, help="move a :<lock hash> tag that points at different images")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True,
-              help="verify the registry's TLS certificate (--no-tls-verify also allows plain HTTP)")
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="verify the registry's TLS certificate; --no-tls-verify also allows plain HTTP "
+                   "(default, as Docker: verify, except for a registry on a loopback address)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 @json_option
 def cmd(targets, variant, registry, services, force, tls_verify, quiet, as_json):
     """Push each image as <variant>-<service>:<lock hash> and :latest (an OCI index with annotations),
     its SBOM as <variant>-<service>:sha256-<digest>.sbom; unchanged images send nothing."""
-    from .publish import Registry, publish_images, variant_specs
+    from .publish import PublishError, Registry, publish_images, variant_specs
 
     reg = Registry.parse(registry)
     specs = variant_specs(variants_of(targets, variant), list(services) or None)
     echo = None if (quiet or as_json) else (lambda s: print(s, file=sys.stderr, flush=True))
-    results = publish_images(specs, reg, force=force, tls_verify=tls_verify, echo=echo)
+    try:
+        results = publish_images(specs, reg, force=force, tls_verify=tls_verify, echo=echo)
+    except PublishError as exc:
+        show(exc.done, as_json)  # what was completely published before the failure, then the one-line error
+        raise
+    show(results, as_json)
+
+
+def show(results, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in results], indent=1))
+        if results:
+            click.echo(json.dumps([r.as_dict() for r in results], indent=1))
         return
     for r in results:
         sent = f"{r.blobs_sent} blobs, {_mib(r.bytes_sent)} sent, {r.blobs_skipped} already there" \

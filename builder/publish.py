@@ -71,9 +71,27 @@ _REGISTRY = re.compile(r"^(?P<host>(localhost|[A-Za-z0-9.-]+\.[A-Za-z0-9.-]+|\[?
 
 
 class PublishError(ImgforgeError):
-    """A registry refused or could not be reached. Exit 2, one line."""
+    """A registry refused or could not be reached. Exit 2, one line.
+
+    ``done`` holds the images completely published (content and tags) before the failure.
+    """
 
     exit_code = 2
+    done: list = []
+
+
+def default_tls_verify(host: str) -> bool:
+    """As Docker does: a registry on a loopback address needs no TLS; every other one does."""
+    import ipaddress
+
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return True
 
 
 # --------------------------------------------------------------------------- registry reference
@@ -306,7 +324,11 @@ def export_dir(src: Source, cache: Path, sk: Skopeo | None = None) -> Path:
         man = json.loads((tmp / "img" / "manifest.json").read_bytes())
         if man.get("config", {}).get("digest") != src.image_id:
             raise PublishError(f"{src.ref}: exported config {man.get('config', {}).get('digest')} is not image {src.image_id}")
-        os.replace(tmp / "img", out)
+        try:
+            os.replace(tmp / "img", out)
+        except OSError:
+            if not (out / "manifest.json").is_file():  # another publish did not finish it either
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -423,13 +445,14 @@ def plan_image(sk: Skopeo, spec: ImageSpec) -> Plan:
 
 # --------------------------------------------------------------------------- publishing
 
-def publish_images(specs: list[ImageSpec], registry: Registry | str, *, force: bool = False, tls_verify: bool = True,
+def publish_images(specs: list[ImageSpec], registry: Registry | str, *, force: bool = False, tls_verify: bool | None = None,
                    cache: Path | None = None, echo: Callable[[str], None] | None = None,
                    env: dict[str, str] | None = None) -> list[Result]:
     """Push each image (index + per-arch manifests + SBOM) by digest, then move its tags."""
     from .paths import cache_dir
 
     reg = registry if isinstance(registry, Registry) else Registry.parse(registry)
+    tls_verify = default_tls_verify(reg.host) if tls_verify is None else tls_verify
     cache = cache or (cache_dir() / "publish")
     echo = echo or (lambda s: None)
     results: list[Result] = []
@@ -445,7 +468,11 @@ def publish_images(specs: list[ImageSpec], registry: Registry | str, *, force: b
             raise PublishError(f"{p.repo}:{p.spec.tag} exists with different images ({have}; local {want}): "
                                f"refusing to move it (--force replaces it)")
         for p in plans:
-            results.append(_publish_one(sk, p, cache, echo))
+            try:
+                results.append(_publish_one(sk, p, cache, echo))
+            except PublishError as exc:
+                exc.done = list(results)
+                raise
     return results
 
 
@@ -684,9 +711,10 @@ def _multi_sbom(locks: list, svc: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- render --from-registry
 
-def registry_images(variant, registry: str, *, tls_verify: bool = True, env: dict[str, str] | None = None) -> dict[str, str]:
+def registry_images(variant, registry: str, *, tls_verify: bool | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
     """service -> 'host/ns/<variant>-<service>@sha256:...' for the variant's published images.
 
+    TLS as Docker: not for a loopback registry, else verified (tls_verify overrides).
     Reads the ``:<lock hash>`` tag (the lock of the variant as committed here), so a rendered
     stack runs exactly the images built from this lock; a service not published is an error.
     """
@@ -695,6 +723,7 @@ def registry_images(variant, registry: str, *, tls_verify: bool = True, env: dic
     from .expand import expand
 
     reg = Registry.parse(registry)
+    tls_verify = default_tls_verify(reg.host) if tls_verify is None else tls_verify
     lock = check_lock(variant)
     name, group = next((n, vs) for n, vs in group_variants(expand(variant.target)).items()
                        if variant.name in [v.name for v in vs])

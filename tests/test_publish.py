@@ -421,8 +421,18 @@ def test_registry_images_gives_digest_references(registry, tiny, cache, no_creds
     # stand-ins under the cpu names and lock hash: the lookup only reads tags
     srcs = {svc: tiny.build(f"{svc} {RUN_ID}") for svc in ("vllm", "webui", "gateway")}
     res = publish_images([spec(f"cpu-{svc}", [s], tag=tag) for svc, s in srcs.items()], reg, tls_verify=False, cache=cache)
-    got = registry_images(v, str(reg), tls_verify=False)
+    got = registry_images(v, str(reg))  # loopback: no TLS, as Docker does
     assert got == {r.name.removeprefix("cpu-"): f"{registry.host}/lookup/{r.name}@{r.digest}" for r in res}
+    # a stack rendered with them references exactly those digests
+    import yaml
+
+    from builder.render import render
+
+    out = no_creds / "rendered"
+    render(v, out, images=got, lock=check_lock(v))
+    compose = yaml.safe_load((out / "compose.yaml").read_text())
+    used = {svc["image"] for svc in compose["services"].values()}
+    assert used == set(got.values())
 
 
 # --------------------------------------------------------------------------- SBOM
@@ -599,3 +609,26 @@ def test_cpu_stack_round_trip(registry, no_creds, tmp_path):
                         f"docker://{registry.host}/stack/cpu-{svc}@{first['cpu-' + svc]['digest']}", f"docker-daemon:{ref}"],
                        check=True, capture_output=True, timeout=900)
         assert docker_image_id(ref) == ids[svc]
+
+
+def test_a_failure_midway_reports_only_what_was_completely_published(registry, tiny, cache, no_creds):
+    good = tiny.build("good " + RUN_ID)
+    broken = Source("amd64", f"containers-storage:localhost/imgforge-test/absent-{RUN_ID}:x", "sha256:" + "0" * 64)
+    reg = Registry.parse(f"{registry.host}/midway")
+    with pytest.raises(PublishError) as exc:
+        publish_images([spec("tiny-ok", [good]), spec("tiny-broken", [broken])], reg, tls_verify=False, cache=cache)
+    assert exc.value.exit_code == 2 and one_line(str(exc.value)) and "cannot read" in str(exc.value)
+    assert [r.name for r in exc.value.done] == ["tiny-ok"]
+    # nothing of the failed image is tagged
+    for tag in ("0123456789ab", "latest"):
+        p = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/midway/tiny-broken:{tag}"],
+                           capture_output=True)
+        assert p.returncode != 0
+
+
+@pytest.mark.parametrize("host,verify", [("127.0.0.1:5000", False), ("localhost:5000", False), ("[::1]:5000", False),
+                                         ("ghcr.io", True), ("10.0.0.1:5000", True), ("127.example.com", True)])
+def test_tls_is_verified_except_on_loopback_as_docker_does(host, verify):
+    from builder.publish import default_tls_verify
+
+    assert default_tls_verify(host) is verify
