@@ -197,7 +197,7 @@ def _stage_env(sde: int) -> dict[str, str]:
 
 def bud_cmd(st: Stage, variant_name: str, sde: int, ctx: Path) -> list[str]:
     return [
-        "buildah", "bud", "--format", "docker", "--timestamp", str(sde), "--network", "none", "--pull=never",
+        "buildah", "bud", "--format", "oci", "--timestamp", str(sde), "--network", "none", "--pull=never",
         "--layers=false", "--identity-label=false", "--force-rm", "--isolation", "oci",
         "-f", str(ctx / "Dockerfile"), "-t", st.tag(variant_name), str(ctx),
     ]
@@ -319,6 +319,26 @@ class Builder:
             raise ImgforgeError(f"{ref}: Docker holds image {did}, buildah built {iid}")
         self.echo(f"load:  {st.service:14s} {time.monotonic() - t0:6.1f}s  {ref}")
 
+    def check_tools(self) -> None:
+        """Warn when this host's builder tools differ from those the lock (and its golden digests) used."""
+        from .lock import tool_versions
+
+        have = tool_versions()
+        for name, want in sorted((self.lock.get("tools") or {}).items()):
+            if name != "uv" and want and have.get(name) != want:
+                self.echo(f"build: warning: {name} {have.get(name)} here, the lock was made with {want}: "
+                          f"digests may differ from the golden ones")
+
+    def remove_stale_containers(self) -> None:
+        """Working containers an interrupted (killed) build of this variant left behind."""
+        proc = subprocess.run(["buildah", "containers", "--noheading", "--notruncate", "--format", "{{.ContainerID}} {{.ImageName}}"],
+                              capture_output=True, text=True, env=self.storage_env)
+        prefix = f"localhost/imgforge-stage/{self.variant.name}-"
+        for line in proc.stdout.splitlines():
+            cid, _, image = line.partition(" ")
+            if image.startswith(prefix):
+                subprocess.run(["buildah", "rm", cid], capture_output=True, env=self.storage_env)
+
     def build(self, services: list[str] | None = None, push: bool = True) -> BuildReport:
         t0 = time.monotonic()
         rep = BuildReport(self.variant.name, lock_hash(self.lock))
@@ -327,6 +347,8 @@ class Builder:
             rep.skipped = True
         else:
             require_cached(self.lock, self.cache)
+            self.check_tools()
+            self.remove_stale_containers()
             before = buildah_containers(self.storage_env)
             ids: dict[str, str] = {}
             try:

@@ -33,12 +33,14 @@ def cmd(targets, variant, quiet, services, record_golden, as_json):
         if record_golden:
             lock["golden"] = {**golden, **{svc: info["id"] for svc, info in rep.images.items()}}
             write_lock(lock, lock_path(v.name))
+            for svc, info in row["images"].items():
+                info.update(golden=info["id"], matches_golden=True, recorded=True)
         out.append(row)
         if not as_json:
             state = "up to date" if rep.skipped else f"built in {rep.seconds:.1f}s"
             click.echo(f"{v.name}: {state}")
             for svc, info in row["images"].items():
-                g = {True: "= golden", False: "!= golden " + str(info["golden"])[:19], None: "(no golden digest)"}[info["matches_golden"]]
+                g = "recorded as golden" if info.get("recorded") else {True: "= golden", False: "!= golden " + str(info["golden"])[:19], None: "(no golden digest)"}[info["matches_golden"]]  # noqa: E501
                 click.echo(f"  {info['ref']}  {info['id'][:19]}  {g}")
     if as_json:
         click.echo(json.dumps(out, indent=1))

@@ -34,6 +34,8 @@ WEBUI_DATA = "/data"
 IMAGE_SOURCE = "https://github.com/imgforge/imgforge"
 # bumped when the way trees are laid out changes (invalidates the python stages)
 LAYOUT_VERSION = 1
+# bumped when the way stages are built changes (buildah flags, image format): part of every key
+BUILD_RECIPE = "buildah-bud-oci-1"
 
 
 @dataclass
@@ -201,7 +203,7 @@ def rekey(st: Stage) -> str:
     """(Re)compute a stage's key from its Dockerfile and inputs."""
     # the header line names the lock hash: a comment, not part of the image, so not of the key
     body = st.dockerfile.split("\n", 1)[1]
-    st.key = _sha(canonical({"dockerfile": body, "inputs": st.inputs}))
+    st.key = _sha(canonical({"dockerfile": body, "inputs": st.inputs, "recipe": BUILD_RECIPE}))
     return st.key
 
 

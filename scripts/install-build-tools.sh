@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the tools imgforge's lock/fetch/build stages use on Debian 12 (bookworm), as root.
 # Idempotent and non-interactive: packages already installed are left alone.
+# The golden digests in targets/*.lock.json were made with these tools as Debian 12 ships them
+# (mmdebstrap 1.3.5, buildah 1.28.2): other versions may give other digests.
 set -eu
 
-PKGS="mmdebstrap buildah skopeo uidmap fuse-overlayfs apt-utils dpkg-dev diffoscope-minimal"
+PKGS="mmdebstrap buildah skopeo runc uidmap fuse-overlayfs apt-utils dpkg-dev debian-archive-keyring util-linux diffoscope-minimal"
 
 missing=""
 for p in $PKGS; do
