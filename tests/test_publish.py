@@ -632,3 +632,68 @@ def test_tls_is_verified_except_on_loopback_as_docker_does(host, verify):
     from builder.publish import default_tls_verify
 
     assert default_tls_verify(host) is verify
+
+
+# --------------------------------------------------------------------------- multi-arch targets, golden digests, SBOM schema
+
+def test_an_arch_matrix_publishes_one_name_per_image(tmp_path):
+    import yaml
+
+    from builder.expand import expand
+    from builder.load import load_target
+    from builder.publish import combined_hash, group_variants
+
+    data = yaml.safe_load((ROOT / "targets" / "dgx-spark.yaml").read_text())
+    data["name"] = "spark-multi"
+    data["matrix"] = {"arch": {"arm64": {"platform": {"arch": "aarch64"}}, "amd64": {"platform": {"arch": "x86_64"}}},
+                      "ctx": {"short": {"serve": {"max-model-len": 4096}}, "long": {}}}
+    (tmp_path / "spark-multi.yaml").write_text(yaml.safe_dump(data))
+    variants = expand(load_target(tmp_path / "spark-multi.yaml"))
+    groups = {k: sorted(v.name for v in vs) for k, vs in group_variants(variants).items()}
+    assert groups == {"spark-multi-short": ["spark-multi-arm64-short", "spark-multi-amd64-short"][::-1],
+                      "spark-multi-long": ["spark-multi-amd64-long", "spark-multi-arm64-long"]}
+    assert combined_hash(["b", "a"]) == combined_hash(["a", "b"]) != combined_hash(["a", "c"])
+
+
+@needs_gateway
+def test_an_image_that_is_not_the_locks_golden_digest_is_not_published(monkeypatch):
+    import builder.lock as lockmod
+    from builder.options import variants_of
+
+    real = lockmod.check_lock
+
+    def with_golden(v, path=None):
+        lock = dict(real(v, path))
+        lock["golden"] = {"gateway": "sha256:" + "f" * 64}
+        return lock
+
+    monkeypatch.setattr(lockmod, "check_lock", with_golden)
+    with pytest.raises(UsageError, match="golden digest"):
+        variant_specs(variants_of(["cpu"]), ["gateway"])
+    specs = variant_specs(variants_of(["cpu"]), ["gateway"], check_golden=False)
+    assert [s.name for s in specs] == ["cpu-gateway"]
+
+
+def test_sbom_is_valid_cyclonedx_1_5():
+    pytest.importorskip("cyclonedx.validation.json", reason="pip install 'cyclonedx-python-lib[json-validation]'")
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from builder.lock import check_lock
+    from builder.options import variants_of
+    from builder.sbom import dumps, generate
+
+    v = variants_of(["cpu"])[0]
+    lock = check_lock(v)
+    validator = JsonStrictValidator(SchemaVersion.V1_5)
+    # the validator takes ~0.05 s per component: check every kind of entry, not all 400
+    doc = generate(v, lock)
+    kinds = lambda c: dict((x["name"], x["value"]) for x in c["properties"])["imgforge:kind"]  # noqa: E731
+    doc["components"] = ([c for c in doc["components"] if kinds(c) == "deb"][:5]
+                         + [c for c in doc["components"] if kinds(c) == "wheel"][:5]
+                         + [c for c in doc["components"] if c["name"] == "torch"])
+    err = validator.validate_str(dumps(doc).decode())
+    assert err is None, err
+    bad = json.loads(dumps(doc))
+    bad["components"][0]["hashes"][0]["content"] = "not-a-sha"
+    assert validator.validate_str(json.dumps(bad)) is not None
