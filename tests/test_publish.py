@@ -290,6 +290,16 @@ def test_pull_back_into_the_engine_gives_the_same_image_id(registry, tiny, cache
                     f"docker-daemon:{name}"], check=True, capture_output=True)
     after = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
     assert after == before
+    # and as `docker compose up` would: the engine itself pulls the index by digest
+    subprocess.run(["docker", "rmi", "-f", name], check=True, capture_output=True)
+    by_digest = f"{registry.host}/ns/tiny-d@{res.digest}"
+    pulled = subprocess.run(["docker", "pull", "-q", by_digest], capture_output=True, text=True, timeout=120)
+    try:
+        assert pulled.returncode == 0, pulled.stderr
+        got = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", by_digest], capture_output=True, text=True).stdout.strip()
+        assert got == before
+    finally:
+        subprocess.run(["docker", "rmi", by_digest], capture_output=True)
 
 
 def test_two_architectures_give_one_index_under_one_tag(registry, tiny, cache, no_creds):
