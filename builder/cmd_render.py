@@ -27,8 +27,10 @@ def current_lock(variant):
 @click.option("-o", "--out", "out", default="out", show_default=True, type=click.Path(file_okay=False),
               help="output directory; one subdirectory per variant")
 @click.option("--unlocked", is_flag=True, help="ignore the lock even where one exists (no Dockerfiles)")
+@click.option("--from-registry", default=None, metavar="HOST[:PORT]/NAMESPACE",
+              help="reference the images published there by digest (see `imgforge publish`)")
 @json_option
-def cmd(targets, variant, out, unlocked, as_json):
+def cmd(targets, variant, out, unlocked, from_registry, as_json):
     """Render Dockerfiles, compose.yaml, nginx.conf, .env.example, a systemd unit and a README per variant."""
     from .levels import record
     from .options import variants_of
@@ -39,7 +41,12 @@ def cmd(targets, variant, out, unlocked, as_json):
     results = []
     for v in variants:
         lock = None if unlocked else current_lock(v)
-        paths = render(v, out_dir / v.name, lock=lock)
+        images = None
+        if from_registry:
+            from .publish import registry_images
+
+            images = registry_images(v, from_registry)
+        paths = render(v, out_dir / v.name, lock=lock, images=images)
         record(v.name, "rendered", {"dir": str((out_dir / v.name).resolve()), "lock": lock_id(lock)})
         results.append({"variant": v.name, "target": v.target.name, "lock": lock_id(lock),
                         "dir": str(out_dir / v.name), "files": [str(p) for p in paths]})

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs every host tool imgforge drives, on Debian 12 (bookworm), as root:
-# build tools (mmdebstrap, buildah, skopeo, ...), lint tools (nginx) and the Docker
-# Compose v2 plugin. Idempotent and non-interactive.
+# build tools (mmdebstrap, buildah, skopeo, ...), lint tools (nginx), the Docker
+# Compose v2 plugin and a registry for publish tests. Idempotent and non-interactive.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "$(id -u)" != 0 ]; then
@@ -10,3 +10,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 "$here/install-build-tools.sh"
 "$here/install-lint-tools.sh"
+"$here/install-registry.sh"
