@@ -11,6 +11,7 @@ stage directory holds the Dockerfile, a replayable ``build.sh`` and ``build.log`
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -163,7 +164,9 @@ def stage_python(spec: dict[str, Any], lock: dict[str, Any], tree: Path, wheels_
         jobs.append((str(w), str(tree), scheme, interpreter, p["name"]))
     log.write(f"installing {len(jobs)} wheels into {tree} (prefix {prefix})\n")
     log.flush()
-    with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as ex:
+    # spawn, not fork: stages may be built from several threads at once
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), mp_context=ctx) as ex:
         for name in ex.map(_install_one, jobs):
             log.write(f"  installed {name}\n")
     # no bytecode: the image never holds timestamp-invalidated .pyc
@@ -219,6 +222,7 @@ class Builder:
         self.storage_env = storage_env(storage)
         self.by_name = {s.name: s for s in self.stages}
         self.sde = int(lock["source_date_epoch"])
+        self.jobs = int(os.environ.get("IMGFORGE_BUILD_JOBS", "2"))
 
     # ---- no-op check
     def final_stages(self) -> list[Stage]:
@@ -273,6 +277,7 @@ class Builder:
             (ctx / d).mkdir(parents=True, exist_ok=True)
             (ctx / d / ".keep").write_text("")
         (ctx / "Dockerfile").write_text(st.dockerfile)
+        normalize_tree(ctx)  # modes independent of the umask (COPY keeps them)
 
     def build_stage(self, st: Stage) -> str:
         ctx_root = self.root / st.name
@@ -305,6 +310,29 @@ class Builder:
             shutil.rmtree(ctx / "tree", ignore_errors=True)
         self.echo(f"build: {st.name:14s} {time.monotonic() - t0:6.1f}s  {iid[:12]}")
         return iid
+
+    def build_stages(self, needed: list[Stage], ids: dict[str, str]) -> None:
+        """Build stages parents first; independent branches (gateway, vllm, webui) two at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        shared = [s for s in needed if s.name in ("base", "torch")]
+        for st in shared:
+            ids[st.name] = self.build_stage(st)
+        branches: dict[str, list[Stage]] = {}
+        for st in needed:
+            if st in shared:
+                continue
+            branches.setdefault(st.name.split("-")[0], []).append(st)
+
+        def run(chain: list[Stage]) -> None:
+            for st in chain:
+                ids[st.name] = self.build_stage(st)
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as ex:
+            # the longest branches first, so the short gateway fills the gaps
+            order = sorted(branches.values(), key=lambda c: -len(c))
+            for fut in [ex.submit(run, c) for c in order]:
+                fut.result()
 
     def push(self, st: Stage, iid: str) -> None:
         ref = final_tag(self.variant.name, st.service, self.lock)
@@ -362,8 +390,8 @@ class Builder:
                     for c in reversed(chain):
                         if c not in needed:
                             needed.append(c)
+                self.build_stages(needed, ids)
                 for st in needed:
-                    ids[st.name] = self.build_stage(st)
                     rep.stages[st.name] = {"key": st.key, "image": ids[st.name]}
                 if push:
                     for st in wanted:

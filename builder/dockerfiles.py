@@ -123,7 +123,8 @@ def plan_stages(variant, lock: dict[str, Any]) -> list[Stage]:
                 gen = asset_path("make_tiny_model.py").read_bytes()
                 cfg = model_config_bytes(variant)
                 inputs = {"make_tiny_model.py": _sha(gen), "model-config.json": _sha(cfg)}
-                files = {"make_tiny_model.py": str(asset_path("make_tiny_model.py")), "model-config.json": cfg}
+                # bytes read once: the context holds exactly what the key was computed from
+                files = {"make_tiny_model.py": gen, "model-config.json": cfg}
             stages.append(Stage("vllm", "vllm.Dockerfile.j2", parent, inputs, {"files": files}, service="vllm"))
         else:
             stages.append(Stage("webui", "webui.Dockerfile.j2", parent, {}, {"dirs": ["data"]}, service="webui"))

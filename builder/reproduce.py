@@ -51,6 +51,7 @@ def export_layers(ref: str, env: dict[str, str] | None, dest: Path) -> list[Path
     """Uncompressed layer tars of an image, in order (via an OCI layout)."""
     if dest.exists():
         shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["buildah", "push", "--quiet", "--disable-compression", ref, f"oci:{dest}"],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:

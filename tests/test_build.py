@@ -292,7 +292,7 @@ def test_changed_input_changes_top_layer_and_is_named(built_cpu, cpu_variant, cp
 
     def perturb(stages):
         st = next(s for s in stages if s.name == "vllm")
-        src = Path(st.context["files"]["make_tiny_model.py"]).read_bytes() + b"#"
+        src = st.context["files"]["make_tiny_model.py"] + b"#"
         st.context["files"]["make_tiny_model.py"] = src
         st.inputs = {**st.inputs, "make_tiny_model.py": "perturbed"}
         D.rekey(st)

@@ -57,6 +57,9 @@ CORPUS = [
     "Reproducible builds give the same bytes from the same inputs, every time.",
     "vLLM serves large language models; nginx guards the gateway; Open WebUI chats.",
 ] * 20
+# enough distinct character pairs for the trainer to reach the full vocabulary
+_SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "ve", "zu", "an", "el", "ir", "os", "ub"]
+CORPUS += [" ".join(a + b + c for b in _SYLLABLES for c in _SYLLABLES) for a in _SYLLABLES]
 
 
 def build_tokenizer(vocab: int):
