@@ -223,7 +223,7 @@ def stack(tmp_path):
     """Build (upstream, gateway, endpoints) pairs; everything is stopped at the end."""
     started: list = []
 
-    def make(name: str = "tiny", pause: float = 0.03, done: bool = True, **gw_kw):
+    def make(name: str = "tiny", pause: float = 0.01, done: bool = True, **gw_kw):
         up = Upstream(tmp_path, name=name, pause=pause, done=done).start()
         started.append(up)
         gw = Gateway(tmp_path, f"127.0.0.1:{up.port}", **gw_kw).start()
