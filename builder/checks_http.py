@@ -522,7 +522,8 @@ class KillMidStream(Check):
         clean = not tr.done and ended_after <= self.error_within_s
         how = tr.error or "body ended without [DONE]"
         t1 = time.monotonic()
-        recovered = wait_for(lambda: serves(ep.api, ep.key, ep.served_name, timeout=15), self.recover_s, 2.0)
+        per_try = min(15.0, self.recover_s)
+        recovered = wait_for(lambda: serves(ep.api, ep.key, ep.served_name, timeout=per_try), self.recover_s, 2.0)
         rec_s = time.monotonic() - t1
         observed = (f"client saw {len(tr.events)} events then {how[:80]!r} {ended_after:.1f} s after the kill; "
                     + (f"served again after {rec_s:.0f} s" if recovered else f"not serving after {rec_s:.0f} s"))
