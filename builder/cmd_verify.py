@@ -28,7 +28,13 @@ def cmd(targets, variant, json_file, reproducible, keep_on_failure, quiet):
             from .cmd_verify_repro import verify_reproducible
         except ImportError:
             raise UsageError("verify --reproducible is not available in this imgforge (builder.cmd_verify_repro is missing)") from None
-        sys.exit(verify_reproducible(targets=targets, variant=variant, json_file=json_file) or 0)
+        import json
+
+        rep = verify_reproducible(targets)  # raises ImgforgeError (exit 1) naming layers and files on a difference
+        if json_file:
+            json_file.write_text(json.dumps(rep, indent=1, default=str) + "\n", encoding="utf-8")
+        click.echo(f"{targets}: reproducible")
+        sys.exit(0)
     from .verify import verify, write_report
 
     v = one_variant(targets, variant)
