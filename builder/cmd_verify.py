@@ -33,7 +33,10 @@ def cmd(targets, variant, json_file, reproducible, keep_on_failure, quiet):
         rep = verify_reproducible(targets)  # raises ImgforgeError (exit 1) naming layers and files on a difference
         if json_file:
             json_file.write_text(json.dumps(rep, indent=1, default=str) + "\n", encoding="utf-8")
-        click.echo(f"{targets}: reproducible")
+        from .verify import record_level
+
+        note = record_level(one_variant(targets, variant).name, "reproducible", {"runs": 2})
+        click.echo(f"{targets}: reproducible" + (f" ({note})" if note else ""))
         sys.exit(0)
     from .verify import verify, write_report
 
