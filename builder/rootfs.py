@@ -31,6 +31,9 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache
 rm -f "$root"/var/log/dpkg.log "$root"/var/log/alternatives.log "$root"/var/log/apt/*.log "$root"/var/log/apt/eipp.log.xz
 rm -f "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old "$root"/etc/machine-id "$root"/var/lib/dbus/machine-id
 rm -f "$root"/etc/apt/sources.list.d/*.list
+# Debian's python3 byte-compiles its modules on install, with timestamp-checked .pyc whose
+# recorded source mtimes stop matching once the image's mtimes are clamped: leave bytecode out.
+find "$root/usr/lib" "$root/usr/share" -name __pycache__ -type d -prune -exec rm -rf {} +
 cat > "$root/etc/apt/sources.list" <<EOF
 deb http://deb.debian.org/debian bookworm main
 deb http://deb.debian.org/debian bookworm-updates main
