@@ -21,7 +21,7 @@ from .target import TargetBody, TargetFile
 
 # Where things are inside the images; the compose file and the Dockerfiles agree on these.
 VLLM_PORT = 8000
-TINY_MODEL_DIR = "/opt/imgforge/model"
+TINY_MODEL_DIR = "/opt/imgforge/models/tiny"  # where the image build puts a generated model (dockerfiles.MODEL_DIR)
 HF_CACHE_IN_CONTAINER = "/models/hf"
 RESERVED_FLAGS = {
     "model": "set from model.id",

@@ -359,3 +359,14 @@ def test_rendered_gateway_enforces_keys_limits_and_json_errors(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@needs_nginx
+def test_long_api_keys_fit_the_key_map_and_the_default_bucket_would_not(stack):
+    v, d = stack
+    (d / "api_keys.map").write_text('"sk-' + "k" * 96 + '" 1;\n')
+    assert lint.check_nginx(d / "nginx.conf").status == "ok"
+    text = (d / "nginx.conf").read_text()
+    (d / "nginx.conf").write_text(text.replace("map_hash_bucket_size 128;", "", 1))
+    check = lint.check_nginx(d / "nginx.conf")
+    assert check.status == "fail", check.detail
