@@ -15,6 +15,7 @@ this project's build machine (2 cores): 430 s from cached wheels, 7.09 GB on dis
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import subprocess
@@ -99,7 +100,7 @@ def pure_change(v, lock) -> dict:
         if st.name in ("vllm-pure", "vllm"):
             subprocess.run(["buildah", "rmi", st.tag(v.name)], capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
-    return {"seconds": s, "rebuilt": sorted(rep.stages)}
+    return {"seconds": s, "rebuilt": sorted(k for k, x in rep.stages.items() if x["built"])}
 
 
 def sizes(v, lock) -> dict:
@@ -123,7 +124,13 @@ def sizes(v, lock) -> dict:
                 if l["digest"] in layer_bytes:
                     continue
                 p = out / "blobs" / "sha256" / l["digest"].split(":")[1]
-                layer_bytes[l["digest"]] = p.stat().st_size
+                with open(p, "rb") as f:
+                    gz = f.read(2) == b"\x1f\x8b"
+                n = 0
+                with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:  # uncompressed, as on disk
+                    while chunk := f.read(1 << 22):
+                        n += len(chunk)
+                layer_bytes[l["digest"]] = n
                 with tarfile.open(p) as tf:
                     file_bytes[l["digest"]] = sum(x.size for x in tf if x.isreg())
         res = {svc: {"image": sum(layer_bytes[d] for d in ds), "installed": sum(file_bytes[d] for d in ds),

@@ -223,6 +223,7 @@ class Builder:
         self.by_name = {s.name: s for s in self.stages}
         self.sde = int(lock["source_date_epoch"])
         self.jobs = int(os.environ.get("IMGFORGE_BUILD_JOBS", "2"))
+        self.built: set[str] = set()
 
     # ---- no-op check
     def final_stages(self) -> list[Stage]:
@@ -286,6 +287,7 @@ class Builder:
         existing = buildah_image_id(tag, self.storage_env)
         if existing:
             return existing
+        self.built.add(st.name)
         t0 = time.monotonic()
         ctx = ctx_root / "context"
         with open(ctx_root / "build.log", "w") as log:
@@ -392,7 +394,7 @@ class Builder:
                             needed.append(c)
                 self.build_stages(needed, ids)
                 for st in needed:
-                    rep.stages[st.name] = {"key": st.key, "image": ids[st.name]}
+                    rep.stages[st.name] = {"key": st.key, "image": ids[st.name], "built": st.name in self.built}
                 if push:
                     for st in wanted:
                         self.push(st, ids[st.name])
