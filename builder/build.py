@@ -369,6 +369,17 @@ class Builder:
             if image.startswith(prefix):
                 subprocess.run(["buildah", "rm", cid], capture_output=True, env=self.storage_env)
 
+    def prune(self) -> int:
+        """Remove this variant's stage images that no current stage key names (older locks/templates)."""
+        proc = subprocess.run(["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"],
+                              capture_output=True, text=True, env=self.storage_env)
+        current = {s.tag(self.variant.name) for s in self.stages}
+        prefix = f"localhost/imgforge-stage/{self.variant.name}-"
+        old = [r for r in proc.stdout.split() if r.startswith(prefix) and r not in current]
+        if old:
+            subprocess.run(["buildah", "rmi", *old], capture_output=True, env=self.storage_env)
+        return len(old)
+
     def build(self, services: list[str] | None = None, push: bool = True) -> BuildReport:
         t0 = time.monotonic()
         rep = BuildReport(self.variant.name, lock_hash(self.lock))
@@ -398,6 +409,8 @@ class Builder:
                 if push:
                     for st in wanted:
                         self.push(st, ids[st.name])
+                    if services is None and not os.environ.get("IMGFORGE_KEEP_OLD_STAGES"):
+                        self.prune()
             finally:
                 for cid in buildah_containers(self.storage_env) - before:
                     subprocess.run(["buildah", "rm", cid], capture_output=True, env=self.storage_env)

@@ -104,6 +104,8 @@ def verify_reproducible(variant_ref: str = "cpu", workdir: Path | None = None, r
         if not keep:
             for r in results.values():
                 _drop_store(r["storage"], r["env"])
+            for name in results:
+                shutil.rmtree(work / VARIATIONS[name]["dir"].split("/")[0], ignore_errors=True)
     if problems:
         raise ImgforgeError(f"not reproducible: {'; '.join(problems)} (report: {work / 'report.json'})")
     return report
