@@ -31,7 +31,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("builder.cmd_verify", "Boot a stack and check it serves; or --reproducible: rebuild and compare digests."),
     "publish": ("builder.cmd_publish", "Push a target's images to a registry with annotations and SBOM."),
     "sbom": ("builder.cmd_sbom", "Print a target's SBOM generated from its lock."),
-    "bench": ("builder.cmd_bench", "Run a benchmark and print it beside its baseline."),
 }
 
 
