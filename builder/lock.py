@@ -7,6 +7,12 @@ state directory (the host's apt state is not touched), for the variant's archite
 
 SOURCE_DATE_EPOCH is derived from the pinned inputs: the newest upload time among the pinned
 wheels (what the package index reports), so it only moves when a pinned package moves.
+
+A target with one variant named like the target (``cpu``) has a flat lock file. A target with
+several variants keeps them all in ``targets/<target>.lock.json``: ``resolutions`` keyed by the
+inputs hash (variants whose inputs are identical share one Python/Debian resolution, resolved
+once) and ``variants`` with what is each variant's own (name, consistency checks, golden digests).
+GPU variants are checked for CUDA consistency after resolution (``cuda_check``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,21 @@ DEB_SETS = {
 ALWAYS_EXCLUDE = ["torchvision", "torchaudio", "torchcodec", "triton"]
 
 
+GOLDEN_NOTE = "image digests of a clean build; recorded by imgforge build --record-golden (empty: not built yet)"
+
+# The keys of a variant's lock that are its own; the rest is shared by variants with equal inputs.
+VARIANT_KEYS = ("variant", "cuda", "unavailable", "golden", "golden_note")
+
+
+def _is_cuda(variant) -> bool:
+    return getattr(variant.spec.platform, "accelerator", None) == "cuda"
+
+
+def always_exclude(variant) -> list[str]:
+    """CPU variants never get the CUDA-built vision/audio packages or triton; GPU ones need triton."""
+    return [] if _is_cuda(variant) else list(ALWAYS_EXCLUDE)
+
+
 # --------------------------------------------------------------------------- variant access
 
 def get_variant(ref: str = "cpu"):  # convenience for scripts and tests
@@ -71,14 +92,29 @@ def get_variant(ref: str = "cpu"):  # convenience for scripts and tests
     return variants[0]
 
 
-def lock_path(variant_name: str) -> Path:
-    return targets_dir() / f"{variant_name}.lock.json"
+def lock_path(variant_name: str, target: str | None = None) -> Path:
+    """targets/<target>.lock.json; the target is the longest '-' prefix of the variant's name
+    that names a target file (or lock) when not given."""
+    d = targets_dir()
+    if target:
+        return d / f"{target}.lock.json"
+    parts = variant_name.split("-")
+    for i in range(len(parts), 0, -1):
+        t = "-".join(parts[:i])
+        if (d / f"{t}.lock.json").is_file() or (d / f"{t}.yaml").is_file():
+            return d / f"{t}.lock.json"
+    return d / f"{variant_name}.lock.json"
+
+
+def _variant_lock_path(variant) -> Path:
+    target = getattr(variant, "target", None)
+    return lock_path(variant.name, getattr(target, "name", None))
 
 
 def lock_inputs(variant) -> dict[str, Any]:
     """What the lock depends on: a change here makes the lock stale."""
     sw = variant.spec.software
-    return {
+    inputs = {
         "lock_format": LOCK_FORMAT,
         "arch": variant.spec.platform.arch,
         "python": PYTHON_VERSION,
@@ -88,9 +124,13 @@ def lock_inputs(variant) -> dict[str, Any]:
         "torch_index": sw.torch_index,
         "webui": sw.webui,
         "extra": list(sw.extra),
-        "exclude": sorted(set(sw.exclude) | set(ALWAYS_EXCLUDE)),
+        "exclude": sorted(set(sw.exclude) | set(always_exclude(variant))),
         "debian": {"suite": DEBIAN_SUITE, "sets": DEB_SETS},
     }
+    if _is_cuda(variant):  # what the CUDA consistency checks recorded in the lock depend on
+        p = variant.spec.platform
+        inputs["cuda"] = {"accelerator": "cuda", "cuda": p.cuda, "gpu": p.gpu}
+    return inputs
 
 
 def canonical(obj: Any) -> bytes:
@@ -107,18 +147,74 @@ def lock_hash(lock: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()[:12]
 
 
-def load_lock(variant_name: str, path: Path | None = None) -> dict[str, Any]:
-    path = path or lock_path(variant_name)
-    if not path.is_file():
-        raise UsageError(f"no lock for {variant_name} at {path}: run imgforge lock --target {variant_name}")
+def _read_lock_file(path: Path, variant_name: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}): re-lock with imgforge lock --target {variant_name}") from None
 
 
+def _is_multi(data: dict[str, Any]) -> bool:
+    return isinstance(data.get("variants"), dict) and isinstance(data.get("resolutions"), dict)
+
+
+def _materialize(data: dict[str, Any], variant_name: str) -> dict[str, Any] | None:
+    """One variant's flat lock out of a multi-variant lock file (None: not in it)."""
+    own = data["variants"].get(variant_name)
+    if own is None:
+        return None
+    shared = data["resolutions"].get(own.get("inputs_hash"), {})
+    head = {k: data[k] for k in ("imgforge", "lock_format") if k in data}
+    lock = {**head, "variant": variant_name, "inputs_hash": own.get("inputs_hash"), **shared}
+    lock.update({k: own[k] for k in VARIANT_KEYS if k in own})
+    return lock
+
+
+def load_lock(variant_name: str, path: Path | None = None) -> dict[str, Any]:
+    path = path or lock_path(variant_name)
+    if not path.is_file():
+        raise UsageError(f"no lock for {variant_name} at {path}: run imgforge lock --target {variant_name}")
+    data = _read_lock_file(path, variant_name)
+    if _is_multi(data):
+        lock = _materialize(data, variant_name)
+        if lock is None:
+            raise UsageError(f"lock {path} has no variant {variant_name}: re-lock with imgforge lock --target {variant_name}")
+        return lock
+    return data
+
+
+def _split(lock: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(shared resolution, the variant's own part) of a flat lock."""
+    skip = {"imgforge", "lock_format", "variant", "inputs_hash", *VARIANT_KEYS}
+    shared = {k: v for k, v in lock.items() if k not in skip}
+    own = {"inputs_hash": lock.get("inputs_hash"), **{k: lock[k] for k in VARIANT_KEYS if k in lock and k != "variant"}}
+    return shared, own
+
+
 def write_lock(lock: dict[str, Any], path: Path) -> None:
+    """Write a variant's lock. A variant named other than its lock file goes into the target's
+    multi-variant file (merged with the variants already there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    name = lock.get("variant")
+    stem = path.name[: -len(".lock.json")] if path.name.endswith(".lock.json") else path.stem
+    if name and name != stem:
+        data: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                data = {}
+        if not _is_multi(data):
+            data = {"imgforge": lock.get("imgforge"), "lock_format": lock.get("lock_format"), "target": stem,
+                    "resolutions": {}, "variants": {}}
+        data["imgforge"], data["lock_format"] = lock.get("imgforge"), lock.get("lock_format")
+        shared, own = _split(lock)
+        data["resolutions"][own["inputs_hash"]] = shared
+        data["variants"][name] = own
+        data["variants"] = dict(sorted(data["variants"].items()))
+        used = {v.get("inputs_hash") for v in data["variants"].values()}
+        data["resolutions"] = {h: r for h, r in sorted(data["resolutions"].items()) if h in used}
+        lock = data
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(lock, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
@@ -126,6 +222,7 @@ def write_lock(lock: dict[str, Any], path: Path) -> None:
 
 def check_lock(variant, path: Path | None = None) -> dict[str, Any]:
     """Raise UsageError (exit 2, one line) when the lock does not match the variant."""
+    path = path or _variant_lock_path(variant)
     lock = load_lock(variant.name, path)
     want = inputs_hash(variant)
     if lock.get("inputs_hash") != want:
@@ -322,15 +419,20 @@ def _public_url(pin: dict[str, Any], torch_index: str | None) -> None:
 def resolve_python(variant, cfg: IndexConfig) -> dict[str, list[dict[str, Any]]]:
     sw = variant.spec.software
     arch = variant.spec.platform.arch
-    exclude = sorted(set(map(_normalize, sw.exclude)) | set(ALWAYS_EXCLUDE))
+    exclude = sorted(set(map(_normalize, sw.exclude)) | set(always_exclude(variant)))
     torch_pin = [f"torch=={sw.torch}"] if sw.torch else []
     with tempfile.TemporaryDirectory(prefix="imgforge-lock-") as td:
         work = Path(td)
         services: dict[str, list[dict[str, Any]]] = {}
         reqs = {"vllm": [f"{sw.vllm_package}=={sw.vllm}", *torch_pin, *sw.extra]}
         if sw.webui:
-            reqs["webui"] = [f"open-webui=={sw.webui}", *torch_pin]
+            reqs["webui"] = [f"open-webui=={sw.webui}"]
         for svc, req in reqs.items():
+            if svc != "vllm":
+                if not torch_pin and services.get("vllm"):
+                    # one torch for all services: the one vLLM resolved to (its CUDA build)
+                    torch_pin = [f"torch=={p['version']}" for p in services["vllm"] if p["name"] == "torch"]
+                req = [*req, *torch_pin]
             never = list(exclude)
             for _round in range(2):
                 ov = torch_pin + [f"{n}; sys_platform == 'never'" for n in sorted(set(never))]
@@ -490,8 +592,8 @@ def make_lock(variant, cfg: IndexConfig | None = None) -> dict[str, Any]:
     if arch not in ARCH:
         raise UsageError(f"cannot lock for architecture {arch} (supported: {', '.join(ARCH)})")
     python = resolve_python(variant, cfg)
-    debian = resolve_debian(arch)
-    return {
+    debian = _DEBIAN.get(arch) or _DEBIAN.setdefault(arch, resolve_debian(arch))
+    lock = {
         "imgforge": __version__,
         "lock_format": LOCK_FORMAT,
         "variant": variant.name,
@@ -505,20 +607,60 @@ def make_lock(variant, cfg: IndexConfig | None = None) -> dict[str, Any]:
         "python": python,
         "golden": {},
     }
+    return _variant_part(variant, lock)
+
+
+def _variant_part(variant, lock: dict[str, Any]) -> dict[str, Any]:
+    """Add what is the variant's own to a (possibly shared) resolution: name, checks, notes."""
+    lock = {**lock, "variant": variant.name}
+    if _is_cuda(variant):
+        from .cuda_check import check_variant_lock
+
+        lock["cuda"] = check_variant_lock(variant, lock)
+        lock["unavailable"] = dict(sorted(variant.spec.software.unavailable.items()))
+        lock["golden"] = {}
+        lock["golden_note"] = GOLDEN_NOTE
+    return lock
+
+
+# Resolutions done in this process, by inputs hash (Debian ones by arch): variants with identical
+# inputs are resolved once.
+_RESOLVED: dict[str, dict[str, Any]] = {}
+_DEBIAN: dict[str, dict[str, Any]] = {}
 
 
 def lock_variant(variant, path: Path | None = None, keep_golden: bool = True) -> tuple[dict[str, Any], Path]:
-    path = path or lock_path(variant.name)
-    lock = make_lock(variant)
+    path = path or _variant_lock_path(variant)
+    h = inputs_hash(variant)
+    if h in _RESOLVED:
+        lock = _variant_part(variant, _RESOLVED[h])
+        lock["reused_resolution_of"] = _RESOLVED[h]["variant"]
+    else:
+        lock = make_lock(variant)
+        _RESOLVED[h] = lock
+    reused = lock.pop("reused_resolution_of", None)
     if keep_golden and path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            old = load_lock(variant.name, path)
+        except UsageError:
             old = {}
         if lock_hash(old) == lock_hash(lock):
             lock["golden"] = old.get("golden", {})
     write_lock(lock, path)
+    _report(variant, lock, reused)
     return lock, path
+
+
+def _report(variant, lock: dict[str, Any], reused: str | None) -> None:
+    """What the lock summary line does not say: shared resolutions, unavailable packages, warnings."""
+    import click
+
+    if reused:
+        click.echo(f"{variant.name}: same inputs as {reused}: its resolution is reused", err=True)
+    for pkg, why in (lock.get("unavailable") or {}).items():
+        click.echo(f"{variant.name}: {pkg} not locked: {why}", err=True)
+    for w in (lock.get("cuda") or {}).get("warnings", []):
+        click.echo(f"{variant.name}: warning: {w}", err=True)
 
 
 def all_pins(lock: dict[str, Any]) -> list[dict[str, Any]]:
