@@ -240,3 +240,29 @@ def test_torch_cuda_facts_match_the_locks(torch_facts):
             w = entry["wheels"][v.spec.platform.arch]
             assert w["sha256"] == tp["sha256"] and w["filename"] == tp["filename"]
             assert entry["cuda"] == C.runtime_cuda(lock)[2] == v.spec.platform.cuda
+
+
+# ---------------------------------------------------------------- the multi-variant lock file
+
+def test_write_lock_merges_one_variant_into_the_target_file(tmp_path):
+    """What `build --record-golden` does: write one variant's lock back; the others stay as they were."""
+    path = tmp_path / "rtx4090.lock.json"
+    path.write_text((ROOT / "targets" / "rtx4090.lock.json").read_text())
+    before = {v.name: L.load_lock(v.name, path) for v in variants("rtx4090")}
+    lock = copy.deepcopy(before["rtx4090-cu130-display"])
+    lock["golden"] = {"vllm": "sha256:" + "a" * 64}
+    L.write_lock(lock, path)
+    after = {n: L.load_lock(n, path) for n in before}
+    assert after["rtx4090-cu130-display"]["golden"] == lock["golden"]
+    assert L.lock_hash(after["rtx4090-cu130-display"]) == L.lock_hash(before["rtx4090-cu130-display"])
+    for n in ("rtx4090-cu124-headless", "rtx4090-cu124-display", "rtx4090-cu130-headless"):
+        assert after[n] == before[n], n
+    assert len(json.loads(path.read_text())["resolutions"]) == 2
+    with pytest.raises(L.UsageError, match="has no variant rtx4090-cu999"):
+        L.load_lock("rtx4090-cu999", path)
+
+
+def test_lock_path_of_a_variant_is_its_target_file():
+    assert L.lock_path("rtx4090-cu124-display").name == "rtx4090.lock.json"
+    assert L.lock_path("tp2-a40").name == "tp2-a40.lock.json"
+    assert L.lock_path("cpu").name == "cpu.lock.json"
