@@ -7,19 +7,7 @@ set -eu
 
 PKGS="mmdebstrap buildah skopeo runc uidmap fuse-overlayfs apt-utils dpkg-dev debian-archive-keyring util-linux diffoscope-minimal"
 
-missing=""
-for p in $PKGS; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
-
-if [ -n "$missing" ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing
-fi
+"$(dirname "$0")/apt-install.sh" $PKGS
 
 for t in mmdebstrap buildah skopeo apt-ftparchive; do
     command -v "$t" >/dev/null || { echo "install-build-tools: $t missing after install" >&2; exit 1; }
