@@ -9,19 +9,18 @@ installed, writes a full report beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .build import storage_env
 from .errors import ImgforgeError
+from .rootfs import tar_index
 
 
 @dataclass
@@ -63,18 +62,11 @@ def export_layers(ref: str, env: dict[str, str] | None, dest: Path) -> list[Path
 
 
 def _tar_entries(path: Path) -> dict[str, tuple]:
-    out = {}
-    with tarfile.open(path) as tf:
-        for m in tf:
-            digest = None
-            if m.isreg():
-                f = tf.extractfile(m)
-                h = hashlib.sha256()
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-                digest = h.hexdigest()
-            out[m.name] = (m.type, oct(m.mode), m.uid, m.gid, m.mtime, m.linkname, m.size, digest)
-    return out
+    """name -> the fields compared between two builds (FIELDS order)."""
+    return {
+        name: (m.type, oct(m.mode), m.uid, m.gid, m.mtime, m.linkname, m.size, digest)
+        for name, (m, digest) in tar_index(path).items()
+    }
 
 
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "link", "size", "sha256")

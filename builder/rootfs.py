@@ -136,7 +136,11 @@ def tar_index(path: Path) -> dict[str, tuple[tarfile.TarInfo, str | None]]:
             digest = None
             if m.isreg():
                 f = tf.extractfile(m)
-                digest = hashlib.sha256(f.read()).hexdigest() if f else None
+                if f is not None:
+                    h = hashlib.sha256()
+                    while chunk := f.read(1 << 20):  # layers hold files of hundreds of MB
+                        h.update(chunk)
+                    digest = h.hexdigest()
             out[m.name.lstrip("./").rstrip("/") or "."] = (m, digest)
     return out
 
