@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .dockerfiles import PREFIX, PY_MINOR, PYTHON, Stage, keyed_stages, site_packages
-from .errors import ImgforgeError
+from .errors import ImgforgeError, UsageError
 from .fetch import cached_path, link_or_copy, require_cached
 from .lock import lock_hash
 
@@ -206,10 +206,30 @@ def bud_cmd(st: Stage, variant_name: str, sde: int, ctx: Path) -> list[str]:
     ]
 
 
+def check_buildable(variant, host_arch: str | None = None) -> None:
+    """Refuse, in one line, a build this route cannot do on this host.
+
+    The base root filesystem is made by mmdebstrap, whose maintainer scripts run in the
+    target's architecture; without qemu-user emulation a foreign-architecture base cannot be
+    made here, and a half-made one must not be tagged.
+    """
+    import platform
+
+    host = host_arch or platform.machine()
+    arch = variant.spec.platform.arch
+    if arch != host:
+        raise UsageError(
+            f"{variant.name}: building {arch} images on a {host} host is not supported yet "
+            f"(the base root filesystem would run {arch} maintainer scripts); build on an {arch} host, "
+            f"or lock and render here and build there"
+        )
+
+
 class Builder:
     def __init__(self, variant, lock: dict[str, Any], build_root: Path | None = None, cache: Path | None = None,
                  quiet: bool = False, echo: Callable[[str], None] | None = None, storage: Path | None = None,
                  stage_hook: Callable[[list[Stage]], None] | None = None):
+        check_buildable(variant)
         self.variant = variant
         self.lock = lock
         self.root = (build_root or default_build_root()) / variant.name

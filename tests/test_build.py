@@ -333,3 +333,31 @@ def test_failed_build_leaves_no_tag_or_container(built_cpu, cpu_variant, cpu_loc
     assert buildah_image_id(_final(fb, "vllm").tag("cpu")) is None
     assert buildah_containers() == before
     assert docker_image_id(rep.images["vllm"]["ref"]) == rep.images["vllm"]["id"].split(":")[1]
+
+
+def test_foreign_architecture_build_is_refused_in_one_line():
+    from builder.build import check_buildable
+    from builder.errors import UsageError
+    from builder.expand import expand
+    from builder.load import load_target
+
+    spark = expand(load_target("dgx-spark"))[0]
+    with pytest.raises(UsageError) as err:
+        check_buildable(spark, host_arch="x86_64")
+    assert "aarch64" in str(err.value) and "\n" not in str(err.value)
+    check_buildable(spark, host_arch="aarch64")  # its own architecture passes
+    check_buildable(expand(load_target("cpu"))[0], host_arch="x86_64")
+
+
+def test_cli_build_of_dgx_spark_here_exits_2_with_one_line():
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() == "aarch64":
+        pytest.skip("on an aarch64 host this build is allowed")
+    proc = subprocess.run([sys.executable, "-m", "builder", "build", "--target", "dgx-spark"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not supported" in lines[0], proc.stderr
