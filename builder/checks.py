@@ -10,7 +10,7 @@ from typing import Any
 
 from . import facts
 from .errors import ConfigError
-from .expand import RESERVED_FLAGS, Replacement, Target, Variant
+from .expand import RESERVED_FLAGS, Replacement, Target, Variant, pinned_devices
 from .target import TargetBody
 
 
@@ -72,10 +72,7 @@ def check_parallel(path: str, body: TargetBody, serve: dict[str, Any]) -> None:
         if tp * pp != 1:
             raise ConfigError(path, "serve.tensor-parallel-size", tp, "the cpu target runs one engine process", allowed="1")
         return
-    gpus = len(p.devices) if p.devices else p.count
-    pinned = body.env.get("CUDA_VISIBLE_DEVICES")
-    if pinned and not p.devices:
-        gpus = len(pinned.split(","))
+    gpus = len(pinned_devices(body)) or p.count
     if tp * pp > gpus:
         raise ConfigError(path, "serve.tensor-parallel-size", tp, f"needs {tp * pp} GPUs but the platform gives {gpus}", allowed=f"tensor-parallel-size x pipeline-parallel-size <= {gpus}")
     heads = _cfg(body.model.config, "num_attention_heads")
@@ -101,9 +98,6 @@ def check_serve_values(path: str, body: TargetBody, serve: dict[str, Any]) -> No
     cap = serve.get("max-cudagraph-capture-size")
     if isinstance(sizes, list) and isinstance(cap, int) and sizes and max(sizes) > cap:
         raise ConfigError(path, "serve.max-cudagraph-capture-size", cap, f"smaller than the largest capture size {max(sizes)}", allowed=f">= {max(sizes)}")
-    seqs = serve.get("max-num-seqs")
-    if isinstance(seqs, int) and isinstance(cap, int) and isinstance(sizes, list) and sizes and max(sizes) < min(seqs, cap):
-        pass  # vLLM pads to the next captured size; larger batches run eagerly
     backend = serve.get("attention-backend")
     if backend is not None:
         known = facts.attention_backends()

@@ -11,12 +11,9 @@ from .options import json_option
 
 def rows(refs: list[str]) -> list[dict]:
     from .expand import expand
+    from .levels import highest
     from .load import load_target
 
-    try:
-        from .levels import highest
-    except ImportError:  # levels arrive with render
-        highest = lambda name: None  # noqa: E731
     out = []
     for ref in refs:
         target = load_target(ref)

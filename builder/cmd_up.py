@@ -42,7 +42,7 @@ def cmd(targets, variant, detach, bind, as_json):
     st.start()
     try:
         urls = st.urls()
-        waited = st.wait_serving(urls, ready_timeout(v))
+        st.wait_serving(urls, ready_timeout(v))
     except BaseException:
         st.down(volumes=False, quiet=True)
         raise
@@ -65,4 +65,3 @@ def cmd(targets, variant, detach, bind, as_json):
     finally:
         say(f"stopping {st.project} (data kept; imgforge down --volumes removes it)")
         st.down(volumes=False, quiet=True)
-    _ = waited

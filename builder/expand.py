@@ -43,6 +43,14 @@ class Target:
         return self.file.name
 
 
+def pinned_devices(spec: TargetBody) -> list[str]:
+    """Host GPU indices the target pins: platform.devices, else a host-side CUDA_VISIBLE_DEVICES."""
+    if spec.platform.devices:
+        return list(spec.platform.devices)
+    pinned = spec.env.get("CUDA_VISIBLE_DEVICES", "")
+    return [d.strip() for d in pinned.split(",") if d.strip()]
+
+
 @dataclass(frozen=True)
 class Replacement:
     """A flag the target asks for that the variant's vLLM lacks, and what is used instead."""
@@ -88,12 +96,7 @@ class Variant:
         p = self.spec.platform
         if p.accelerator == "cpu":
             return []
-        if p.devices:
-            return list(p.devices)
-        pinned = self.spec.env.get("CUDA_VISIBLE_DEVICES")
-        if pinned:
-            return [d.strip() for d in pinned.split(",") if d.strip()]
-        return [str(i) for i in range(self.tp * self.pp)]
+        return pinned_devices(self.spec) or [str(i) for i in range(self.tp * self.pp)]
 
     @property
     def served_name(self) -> str:
