@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .dockerfiles import PREFIX, PY_MINOR, PYTHON, Stage, keyed_stages, site_packages
+from .dockerfiles import DEB_ARCH, PREFIX, PY_MINOR, PYTHON, Stage, keyed_stages, no_run, site_packages
 from .errors import ImgforgeError, UsageError
 from .fetch import cached_path, link_or_copy, require_cached
 from .lock import lock_hash
@@ -135,12 +135,16 @@ def stage_python(spec: dict[str, Any], lock: dict[str, Any], tree: Path, wheels_
         pins = [p for p in pins if not p["pure"]]
     elif spec["select"] == "pure":
         pins = [p for p in pins if p["pure"]]
+    if "only" in spec:
+        pins = [p for p in pins if p["sha256"] in set(spec["only"])]
+    if "skip" in spec:
+        pins = [p for p in pins if p["sha256"] not in set(spec["skip"])]
     sp = site_packages(prefix)
     scheme = {
         "purelib": sp, "platlib": sp, "headers": f"{prefix}/include/site/python{PY_MINOR}",
         "scripts": f"{prefix}/bin", "data": prefix,
     }
-    interpreter = f"{prefix}/bin/python" if spec["group"] != "torch" else PYTHON
+    interpreter = spec.get("interpreter") or (f"{prefix}/bin/python" if spec["group"] != "torch" else PYTHON)
     if tree.exists():
         shutil.rmtree(tree)
     (tree / sp.lstrip("/")).mkdir(parents=True)
@@ -198,38 +202,57 @@ def _stage_env(sde: int) -> dict[str, str]:
     }
 
 
-def bud_cmd(st: Stage, variant_name: str, sde: int, ctx: Path) -> list[str]:
-    return [
+def bud_cmd(st: Stage, variant_name: str, sde: int, ctx: Path, arch: str = "x86_64") -> list[str]:
+    cmd = [
         "buildah", "bud", "--format", "oci", "--timestamp", str(sde), "--network", "none", "--pull=never",
         "--layers=false", "--identity-label=false", "--force-rm", "--isolation", "oci",
-        "-f", str(ctx / "Dockerfile"), "-t", st.tag(variant_name), str(ctx),
     ]
+    if arch != "x86_64":
+        # the image config names the image's architecture, not the build host's
+        cmd += ["--arch", DEB_ARCH[arch], "--os", "linux"]
+    return cmd + ["-f", str(ctx / "Dockerfile"), "-t", st.tag(variant_name), str(ctx)]
 
 
-def check_buildable(variant, host_arch: str | None = None) -> None:
+def runs_at_build(stages: list[Stage]) -> list[str]:
+    """Names of the stages whose Dockerfile executes something in the image (a RUN step)."""
+    return [st.name for st in stages if any(line.lstrip().startswith("RUN ") for line in st.dockerfile.splitlines())]
+
+
+def check_buildable(variant, host_arch: str | None = None, lock: dict[str, Any] | None = None) -> None:
     """Refuse, in one line, a build this route cannot do on this host.
 
-    The base root filesystem is made by mmdebstrap, whose maintainer scripts run in the
-    target's architecture; without qemu-user emulation a foreign-architecture base cannot be
-    made here, and a half-made one must not be tagged.
+    A foreign-architecture image can be built only when nothing of it executes at build time:
+    its base is unpacked from the .debs (see rootfs.py) and no stage has a RUN step. There is
+    no qemu-user emulation to count on here (binfmt_misc is not mounted in containers).
     """
     import platform
 
+    from .dockerfiles import keyed_stages
+
     host = host_arch or platform.machine()
     arch = variant.spec.platform.arch
-    if arch != host:
+    if arch == host:
+        return
+    if lock is not None and no_run(lock) and lock["platform"]["arch"] == arch:
+        running = runs_at_build(keyed_stages(variant, lock))
+        if not running:
+            return
         raise UsageError(
-            f"{variant.name}: building {arch} images on a {host} host is not supported yet "
-            f"(the base root filesystem would run {arch} maintainer scripts); build on an {arch} host, "
-            f"or lock and render here and build there"
+            f"{variant.name}: stage {running[0]} has a RUN step, which would execute {arch} code on this {host} host; "
+            f"{arch} images must be assembled without RUN (build on an {arch} host instead)"
         )
+    raise UsageError(
+        f"{variant.name}: building {arch} images on a {host} host is not supported "
+        f"(the base root filesystem would run {arch} maintainer scripts); build on an {arch} host, "
+        f"or lock and render here and build there"
+    )
 
 
 class Builder:
     def __init__(self, variant, lock: dict[str, Any], build_root: Path | None = None, cache: Path | None = None,
                  quiet: bool = False, echo: Callable[[str], None] | None = None, storage: Path | None = None,
                  stage_hook: Callable[[list[Stage]], None] | None = None):
-        check_buildable(variant)
+        check_buildable(variant, lock=lock)
         self.variant = variant
         self.lock = lock
         self.root = (build_root or default_build_root()) / variant.name
@@ -313,7 +336,7 @@ class Builder:
         with open(ctx_root / "build.log", "w") as log:
             log.write(f"stage {st.name} key {st.key}\n")
             self.prepare_context(st, ctx, log)
-            cmd = bud_cmd(st, self.variant.name, self.sde, ctx)
+            cmd = bud_cmd(st, self.variant.name, self.sde, ctx, self.lock["platform"]["arch"])
             env = _stage_env(self.sde)
             if self.storage_env:
                 env["CONTAINERS_STORAGE_CONF"] = self.storage_env["CONTAINERS_STORAGE_CONF"]
@@ -337,7 +360,7 @@ class Builder:
         """Build stages parents first; independent branches (gateway, vllm, webui) two at a time."""
         from concurrent.futures import ThreadPoolExecutor
 
-        shared = [s for s in needed if s.name in ("base", "torch")]
+        shared = [s for s in needed if s.name in ("base", "torch", "cuda")]
         for st in shared:
             ids[st.name] = self.build_stage(st)
         branches: dict[str, list[Stage]] = {}
@@ -384,18 +407,26 @@ class Builder:
         proc = subprocess.run(["buildah", "containers", "--noheading", "--notruncate", "--format", "{{.ContainerID}} {{.ImageName}}"],
                               capture_output=True, text=True, env=self.storage_env)
         prefix = f"localhost/imgforge-stage/{self.variant.name}-"
+        shared = {s.tag(self.variant.name).rpartition(":")[0] for s in self.stages if not s.service}
         for line in proc.stdout.splitlines():
             cid, _, image = line.partition(" ")
-            if image.startswith(prefix):
+            if image.startswith(prefix) or image.rpartition(":")[0] in shared:
                 subprocess.run(["buildah", "rm", cid], capture_output=True, env=self.storage_env)
 
     def prune(self) -> int:
-        """Remove this variant's stage images that no current stage key names (older locks/templates)."""
+        """Remove stage images no current stage key names (older locks/templates): this variant's
+        own, and shared ones of its stage names that no bundled variant's lock still needs."""
         proc = subprocess.run(["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"],
                               capture_output=True, text=True, env=self.storage_env)
         current = {s.tag(self.variant.name) for s in self.stages}
         prefix = f"localhost/imgforge-stage/{self.variant.name}-"
         old = [r for r in proc.stdout.split() if r.startswith(prefix) and r not in current]
+        names = {s.tag(self.variant.name).rpartition(":")[0] for s in self.stages if not s.service}
+        shared_old = [r for r in proc.stdout.split() if r.rpartition(":")[0] in names and r not in current]
+        if shared_old:
+            in_use = shared_tags_in_use()
+            if in_use is not None:
+                old += [r for r in shared_old if r not in in_use]
         if old:
             subprocess.run(["buildah", "rmi", *old], capture_output=True, env=self.storage_env)
         return len(old)
@@ -444,6 +475,27 @@ class Builder:
             rep.images[st.service] = {"ref": ref, "id": "sha256:" + (docker_image_id(ref) or "")}
         rep.seconds = time.monotonic() - t0
         return rep
+
+
+def shared_tags_in_use() -> set[str] | None:
+    """Tags of the shared stages every bundled variant with a lock builds on (None: unknown)."""
+    from .expand import expand
+    from .load import load_target
+    from .lock import load_lock
+    from .paths import targets_dir
+
+    tags: set[str] = set()
+    try:
+        for path in sorted(targets_dir().glob("*.yaml")):
+            for v in expand(load_target(str(path))):
+                try:
+                    lock = load_lock(v.name)
+                except ImgforgeError:
+                    continue
+                tags |= {s.tag(v.name) for s in keyed_stages(v, lock) if not s.service}
+    except ImgforgeError:
+        return None
+    return tags
 
 
 def build_variant(variant, lock: dict[str, Any], **kw) -> BuildReport:

@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "lock": ("builder.cmd_lock", "Pin every wheel and Debian package of a target with sha256."),
     "fetch": ("builder.cmd_fetch", "Download what the cache lacks and verify every byte."),
     "build": ("builder.cmd_build", "Build a target's images from the cache, offline and reproducibly."),
+    "inspect": ("builder.cmd_inspect", "Static checks of built images: ELF architecture, packages, CUDA, vLLM's parser."),
     "up": ("builder.cmd_up", "Build what is missing, start the stack and print where to chat."),
     "down": ("builder.cmd_down", "Stop a stack (keeps Open WebUI's data unless --volumes)."),
     "verify": ("builder.cmd_verify", "Boot a stack and check it serves; or --reproducible: rebuild and compare digests."),

@@ -16,6 +16,7 @@ from .options import json_option, target_option, variant_option, variants_of
 @json_option
 def cmd(targets, variant, check, as_json):
     """Resolve and pin a target's packages into targets/<variant>.lock.json."""
+    from .levels import record
     from .lock import check_lock, lock_hash, lock_path, lock_variant
 
     out = []
@@ -23,6 +24,7 @@ def cmd(targets, variant, check, as_json):
         if check:
             lock = check_lock(v)
             out.append({"variant": v.name, "lock": str(lock_path(v.name)), "lock_hash": lock_hash(lock), "stale": False})
+            record(v.name, "locked", {"lock_hash": lock_hash(lock), "checked": True})
             if not as_json:
                 click.echo(f"{v.name}: lock {lock_path(v.name).name} is current ({lock_hash(lock)})")
             continue
@@ -31,6 +33,7 @@ def cmd(targets, variant, check, as_json):
         row = {"variant": v.name, "lock": str(path), "lock_hash": lock_hash(lock), "wheels": n_wheels,
                "debs": len(lock["debian"]["packages"]), "source_date_epoch": lock["source_date_epoch"]}
         out.append(row)
+        record(v.name, "locked", {"lock_hash": row["lock_hash"]})
         if not as_json:
             click.echo(f"{v.name}: {n_wheels} wheels, {row['debs']} Debian packages, SOURCE_DATE_EPOCH "
                        f"{row['source_date_epoch']} -> {path} ({row['lock_hash']})")

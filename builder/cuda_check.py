@@ -24,6 +24,18 @@ from .errors import ImgforgeError
 
 RUNTIME = re.compile(r"^nvidia-cuda-runtime(-cu(\d+))?$")
 
+# The arch-flags string compiled into libtorch_python.so (TORCH_CUDA_ARCH_LIST at build time, what
+# torch._C._cuda_getArchFlags() and torch.cuda.get_arch_list() answer): sm_/compute_ tokens.
+ARCH_RUN = re.compile(rb"(?<![\w])((?:sm|compute)_\d+[af]?(?: (?:sm|compute)_\d+[af]?)+)(?=\x00)")
+
+
+def torch_arch_flags(data: bytes) -> list[str]:
+    """The CUDA arch list of a torch build, from the bytes of its libtorch_python.so."""
+    runs = {m.group(1).decode() for m in ARCH_RUN.finditer(data)}
+    if len(runs) != 1:
+        raise ValueError(f"expected one arch-list string in libtorch_python.so, found {sorted(runs)}")
+    return runs.pop().split()
+
 
 class CudaCheckError(ImgforgeError):
     """A GPU variant's lock is not CUDA-consistent. Exit 2."""

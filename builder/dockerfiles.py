@@ -2,13 +2,20 @@
 
 Each stage is one image layer on top of its parent stage:
 
-    base ─┬─ gateway                         (nginx .debs, as a layer)
-          └─ torch ─┬─ vllm-native ── vllm-pure ── vllm    (tiny model, labels)
-                    └─ webui-native ─ webui-pure ─ webui   (data dir, labels)
+    base ─┬─ gateway                                   (nginx .debs, as a layer)
+          └─ torch ─ [cuda] ─┬─ vllm-native ── vllm-pure ── vllm    (tiny model, labels)
+                             └─ webui-native ─ webui-pure ─ webui   (data dir, labels)
+
+``cuda`` exists only for GPU variants: the CUDA user-space wheels (``nvidia-*``, triton) that
+vLLM and Open WebUI both pin to the same files, installed once beside torch (where torch's
+RPATHs look for them) instead of once per service.
 
 A stage's key is the hash of its Dockerfile (which names the parent by its key) and of the
 inputs copied into it (lock entries, assets), so a change rebuilds exactly the stages above it.
-Stage images are tagged ``localhost/imgforge-stage/<variant>-<stage>:<key>`` in buildah's store.
+Stages below the final ones carry nothing of the variant, so they are tagged by key alone
+(``localhost/imgforge-stage/<stage>:<key>``) and shared by every variant with the same inputs
+(rtx4090-cu124-* and tp2-a40 share everything but their labels); the final stages are
+``localhost/imgforge-stage/<variant>-<stage>:<key>``.
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ class Stage:
     dockerfile: str = ""
 
     def tag(self, variant: str) -> str:
-        return f"localhost/imgforge-stage/{variant}-{self.name}:{self.key[:20]}"
+        if self.service:
+            return f"localhost/imgforge-stage/{variant}-{self.name}:{self.key[:20]}"
+        return f"localhost/imgforge-stage/{self.name}:{self.key[:20]}"
 
 
 def site_packages(prefix: str) -> str:
@@ -74,6 +83,29 @@ def model_config_bytes(variant) -> bytes:
     return json.dumps(dict(variant.spec.model.config or {}), indent=2, sort_keys=True).encode() + b"\n"
 
 
+# Images of these architectures are assembled without executing any of their code: the base is
+# unpacked from the .debs (no maintainer scripts) and no Dockerfile has a RUN step, so they build
+# on any host, and to the same digest on every host.
+NO_RUN_ARCHES = ("aarch64",)
+
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def no_run(lock: dict[str, Any]) -> bool:
+    return lock["platform"]["arch"] in NO_RUN_ARCHES
+
+
+def shared_cuda_wheels(lock: dict[str, Any]) -> list[str]:
+    """sha256 of the CUDA user-space wheels every service pins to the same file (sorted)."""
+    py = lock["python"]
+    services = [py[s] for s in ("vllm", "webui") if s in py]
+    if not services:
+        return []
+    common = set.intersection(*({w["sha256"] for w in group} for group in services))
+    return sorted(w["sha256"] for w in services[0]
+                  if w["sha256"] in common and (w["name"].startswith("nvidia-") or w["name"] == "triton"))
+
+
 def header(variant_name: str, target: str, lock: dict[str, Any], stage: str) -> str:
     return (
         f"# imgforge {__version__}: target {target}, variant {variant_name}, lock {lock_hash(lock)}, "
@@ -89,12 +121,15 @@ def plan_stages(variant, lock: dict[str, Any]) -> list[Stage]:
     sets = lock["debian"]["sets"]
     from .rootfs import CUSTOMIZE_HOOK, GATEWAY_HOOK
 
+    from .rootfs import EXTRACT_HOOK
+
+    base_inputs = {"debs": sorted(debs[n] for n in sets["base"]), "hook": _sha(CUSTOMIZE_HOOK.encode()),
+                   "include": lock["inputs"]["debian"]["sets"]["base"], "sde": lock["source_date_epoch"],
+                   "mmdebstrap": lock["tools"].get("mmdebstrap")}
+    if no_run(lock):
+        base_inputs["unpacked"] = {"arch": lock["platform"]["deb_arch"], "hook": _sha(EXTRACT_HOOK.encode())}
     stages = [
-        Stage("base", "base.Dockerfile.j2", None,
-              {"debs": sorted(debs[n] for n in sets["base"]), "hook": _sha(CUSTOMIZE_HOOK.encode()),
-               "include": lock["inputs"]["debian"]["sets"]["base"], "sde": lock["source_date_epoch"],
-               "mmdebstrap": lock["tools"].get("mmdebstrap")},
-              {"rootfs": ["base"]}),
+        Stage("base", "base.Dockerfile.j2", None, base_inputs, {"rootfs": ["base"]}),
         Stage("gateway", "gateway.Dockerfile.j2", "base",
               {"debs": sorted(debs[n] for n in sets["base"] + sets["gateway"]), "hook": _sha((CUSTOMIZE_HOOK + GATEWAY_HOOK).encode()),
                "include": lock["inputs"]["debian"]["sets"]["gateway"]},
@@ -104,17 +139,26 @@ def plan_stages(variant, lock: dict[str, Any]) -> list[Stage]:
         stages.append(Stage("torch", "python.Dockerfile.j2", "base",
                             {"wheels": [w["sha256"] for w in py["torch"]], "layout": LAYOUT_VERSION},
                             {"python": {"group": "torch", "prefix": f"{PREFIX}/torch", "select": "all", "venv": False}}))
+    cuda = shared_cuda_wheels(lock)
+    if cuda:
+        stages.append(Stage("cuda", "python.Dockerfile.j2", "torch",
+                            {"wheels": cuda, "layout": LAYOUT_VERSION, "installer": lock["tools"].get("installer")},
+                            {"python": {"group": "vllm", "prefix": f"{PREFIX}/torch", "select": "all", "venv": False,
+                                        "only": cuda, "interpreter": PYTHON}}))
     for svc in ("vllm", "webui"):
         if svc not in py:
             continue
         prefix = f"{PREFIX}/{svc}"
-        parent = "torch" if "torch" in py else "base"
+        parent = "cuda" if cuda else "torch" if "torch" in py else "base"
         for part, pure in (("native", False), ("pure", True)):
-            shas = sorted(w["sha256"] for w in py[svc] if bool(w["pure"]) == pure)
+            shas = sorted(w["sha256"] for w in py[svc] if bool(w["pure"]) == pure and w["sha256"] not in cuda)
+            spec = {"group": svc, "prefix": prefix, "select": part, "venv": part == "native",
+                    "torch": f"{PREFIX}/torch" if "torch" in py else None}
+            if cuda:
+                spec["skip"] = cuda
             stages.append(Stage(f"{svc}-{part}", "python.Dockerfile.j2", parent,
                                 {"wheels": shas, "layout": LAYOUT_VERSION, "installer": lock["tools"].get("installer")},
-                                {"python": {"group": svc, "prefix": prefix, "select": part, "venv": part == "native",
-                                            "torch": f"{PREFIX}/torch" if "torch" in py else None}}))
+                                {"python": spec}))
             parent = f"{svc}-{part}"
         if svc == "vllm":
             inputs: dict[str, Any] = {}

@@ -229,10 +229,16 @@ def require_cached(lock: dict[str, Any], root: Path | None = None) -> None:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
+    """dst becomes src's bytes (a hard link where possible), atomically: stages built in
+    parallel may place the same wheel at the same time."""
+    import threading
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
-        os.link(src, dst)
+        os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    # rename(2) does nothing when both names are links to the same file: drop the spare name
+    tmp.unlink(missing_ok=True)

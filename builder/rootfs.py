@@ -51,6 +51,46 @@ grep -q '^imgforge:' "$root/etc/passwd" || {
 }
 """
 
+# Run first for images assembled without executing their own code (dockerfiles.NO_RUN_ARCHES):
+# mmdebstrap's extract variant only unpacks the .debs, so what their maintainer scripts would have
+# made is made here, with the host's shell and tools, from files the packages ship.
+EXTRACT_HOOK = r"""set -e
+root="$1"
+# accounts (base-passwd's and passwd's postinst): the master files, every password locked
+cp "$root/usr/share/base-passwd/passwd.master" "$root/etc/passwd"
+cp "$root/usr/share/base-passwd/group.master" "$root/etc/group"
+days=$((SOURCE_DATE_EPOCH / 86400))
+cut -d: -f1 "$root/etc/passwd" | while read -r u; do echo "$u:*:$days:0:99999:7:::"; done > "$root/etc/shadow"
+cut -d: -f1 "$root/etc/group" | while read -r g; do echo "$g:*::"; done > "$root/etc/gshadow"
+chmod 0644 "$root/etc/passwd" "$root/etc/group"
+chmod 0640 "$root/etc/shadow" "$root/etc/gshadow"
+chgrp 42 "$root/etc/shadow" "$root/etc/gshadow"
+# the CA bundle (ca-certificates' update-ca-certificates): every certificate the package ships
+certs="$root/usr/share/ca-certificates"
+if [ -d "$certs" ]; then
+  mkdir -p "$root/etc/ssl/certs"
+  : > "$root/etc/ssl/certs/ca-certificates.crt"
+  : > "$root/etc/ca-certificates.conf"
+  (cd "$certs" && find . -name '*.crt' -type f | sed 's|^\./||' | LC_ALL=C sort) | while read -r c; do
+    echo "$c" >> "$root/etc/ca-certificates.conf"
+    ln -sfn "/usr/share/ca-certificates/$c" "$root/etc/ssl/certs/$(basename "$c" .crt).pem"
+    sed -e '$a\' "$certs/$c" >> "$root/etc/ssl/certs/ca-certificates.crt"
+  done
+fi
+# alternatives the base's scripts register (mawk, debianutils)
+mkdir -p "$root/etc/alternatives"
+alt() { [ -e "$root$2" ] || return 0; ln -sfn "$2" "$root/etc/alternatives/$1"; ln -sfn "/etc/alternatives/$1" "$root$3"; }
+alt awk /usr/bin/mawk /usr/bin/awk
+alt which /usr/bin/which.debianutils /usr/bin/which
+# dpkg's status: every package unpacked, none configured (which is the truth)
+: > "$root/var/lib/dpkg/status"
+for deb in "$root"/var/cache/apt/archives/*.deb; do
+  [ -e "$deb" ] || continue
+  dpkg-deb -f "$deb" | sed '1a Status: install ok unpacked' >> "$root/var/lib/dpkg/status"
+  echo >> "$root/var/lib/dpkg/status"
+done
+"""
+
 # Extra hook for the gateway rootfs: nginx able to run as the non-root user.
 GATEWAY_HOOK = r"""set -e
 root="$1"
@@ -77,13 +117,22 @@ def make_repo(lock: dict[str, Any], names: list[str] | None, repo: Path, cache: 
     return repo
 
 
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
+
+
 def mmdebstrap_cmd(lock: dict[str, Any], include: list[str], repo: Path, out: Path, hooks: list[str]) -> list[str]:
+    from .dockerfiles import no_run
+
+    unpack = no_run(lock)
     cmd = [
-        "mmdebstrap", "--variant=apt", "--mode=root", f"--architectures={lock['platform']['deb_arch']}",
+        "mmdebstrap", f"--variant={'extract' if unpack else 'apt'}", "--mode=root", f"--architectures={lock['platform']['deb_arch']}",
         "--skip=output/dev", "--quiet",
         "--aptopt=Acquire::Languages \"none\"",
         f"--include={','.join(include)}",
     ]
+    if unpack:
+        # /bin, /lib, /sbin as links into /usr, as usrmerge's postinst would make them (a host shell script)
+        cmd.append(f"--setup-hook={MERGED_USR_HOOK}")
     for h in hooks:
         cmd.append(f"--customize-hook={h}")
     cmd += [lock["debian"]["suite"], str(out), f"deb [trusted=yes] copy://{repo} ./"]
@@ -95,11 +144,17 @@ def bootstrap(lock: dict[str, Any], sets: list[str], out: Path, workdir: Path, l
     names: list[str] = []
     for s in sets:
         names += lock["debian"]["sets"][s]
+    from .dockerfiles import no_run
+
     include = []
     for s in sets:
         include += [n for n in _requested(lock, s)]
     repo = make_repo(lock, names, workdir / ("repo-" + "-".join(sets)), cache)
     hooks = [CUSTOMIZE_HOOK] + ([GATEWAY_HOOK] if "gateway" in sets else [])
+    if no_run(lock):
+        # the extract variant installs only what is named: name the whole locked closure
+        include = sorted(names)
+        hooks = [EXTRACT_HOOK] + hooks
     cmd = mmdebstrap_cmd(lock, include, repo, out, hooks)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

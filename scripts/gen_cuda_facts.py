@@ -37,10 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder.cuda_check import arch_key, runtime_cuda  # noqa: E402
+from builder.cuda_check import arch_key, runtime_cuda, torch_arch_flags  # noqa: E402
 
 OUT = ROOT / "builder" / "facts" / "torch_cuda.json"
-ARCH_RUN = re.compile(rb"(?<![\w])((?:sm|compute)_\d+[af]?(?: (?:sm|compute)_\d+[af]?)+)(?=\x00)")
 FATBIN_MAGIC = 0xBA55ED50
 
 
@@ -90,10 +89,10 @@ def wheel_cuda(zf: zipfile.ZipFile) -> str | None:
 
 def arch_flags(data: bytes) -> list[str]:
     """The arch-flags string of libtorch_python.so (what torch.cuda.get_arch_list() returns)."""
-    runs = {m.group(1).decode() for m in ARCH_RUN.finditer(data)}
-    if len(runs) != 1:
-        raise SystemExit(f"expected one arch-list string in libtorch_python.so, found {sorted(runs)}")
-    return runs.pop().split()
+    try:
+        return torch_arch_flags(data)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _elf_section(f, name: str) -> tuple[int, int]:

@@ -30,7 +30,7 @@ def test_dockerfiles_header_and_no_registry_base(cpu_variant, cpu_lock):
         for line in text.splitlines():
             if line.startswith("FROM "):
                 ref = line.split()[1]
-                assert ref == "scratch" or ref.startswith("localhost/imgforge-stage/cpu-"), (name, ref)
+                assert ref == "scratch" or ref.startswith("localhost/imgforge-stage/"), (name, ref)
         if name in SERVICES:
             assert "USER 10001:10001" in text
             assert 'LABEL io.imgforge.lock-hash="%s"' % lock_hash(cpu_lock) in text
@@ -335,29 +335,105 @@ def test_failed_build_leaves_no_tag_or_container(built_cpu, cpu_variant, cpu_loc
     assert docker_image_id(rep.images["vllm"]["ref"]) == rep.images["vllm"]["id"].split(":")[1]
 
 
-def test_foreign_architecture_build_is_refused_in_one_line():
+def test_foreign_architecture_build_needs_a_no_run_route(monkeypatch):
+    """aarch64 images build on an x86_64 host only because nothing of theirs runs at build time."""
+    import builder.dockerfiles as D
     from builder.build import check_buildable
     from builder.errors import UsageError
     from builder.expand import expand
     from builder.load import load_target
+    from builder.lock import check_lock
 
     spark = expand(load_target("dgx-spark"))[0]
-    with pytest.raises(UsageError) as err:
+    spark_lock = check_lock(spark)
+    check_buildable(spark, host_arch="x86_64", lock=spark_lock)  # unpacked base, no RUN: allowed
+    check_buildable(spark, host_arch="aarch64", lock=spark_lock)
+    with pytest.raises(UsageError) as err:  # without its lock nothing shows the route is safe
         check_buildable(spark, host_arch="x86_64")
     assert "aarch64" in str(err.value) and "\n" not in str(err.value)
-    check_buildable(spark, host_arch="aarch64")  # its own architecture passes
-    check_buildable(expand(load_target("cpu"))[0], host_arch="x86_64")
+
+    cpu = expand(load_target("cpu"))[0]
+    cpu_lock = check_lock(cpu)
+    check_buildable(cpu, host_arch="x86_64", lock=cpu_lock)
+    with pytest.raises(UsageError, match="not supported"):  # the cpu image runs its model generator
+        check_buildable(cpu, host_arch="aarch64", lock=cpu_lock)
+
+    real = D.keyed_stages
+
+    def with_run(variant, lock):
+        stages = real(variant, lock)
+        stages[-1].dockerfile += 'RUN ["/usr/bin/true"]\n'
+        return stages
+
+    monkeypatch.setattr(D, "keyed_stages", with_run)
+    with pytest.raises(UsageError) as err:
+        check_buildable(spark, host_arch="x86_64", lock=spark_lock)
+    assert "RUN step" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_cli_build_of_dgx_spark_here_exits_2_with_one_line():
-    import platform
-    import subprocess
-    import sys
+# ---------------------------------------------------------------- GPU stage plans (no build)
 
-    if platform.machine() == "aarch64":
-        pytest.skip("on an aarch64 host this build is allowed")
-    proc = subprocess.run([sys.executable, "-m", "builder", "build", "--target", "dgx-spark"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "not supported" in lines[0], proc.stderr
+def _stages_of(name: str):
+    from builder.lock import check_lock
+    from builder.options import variants_of
+
+    v = variants_of([name])[0]
+    lock = check_lock(v)
+    return v, lock, D.keyed_stages(v, lock)
+
+
+def test_cpu_stage_plan_has_no_cuda_layer(cpu_variant, cpu_lock):
+    assert D.shared_cuda_wheels(cpu_lock) == []
+    assert [s.name for s in D.keyed_stages(cpu_variant, cpu_lock)] == [
+        "base", "gateway", "torch", "vllm-native", "vllm-pure", "vllm", "webui-native", "webui-pure", "webui"]
+
+
+@pytest.mark.parametrize("name", ["tp2-a40", "dgx-spark", "tp4-rtx4090"])
+def test_gpu_cuda_wheels_are_one_shared_layer_and_every_wheel_is_installed_once(name):
+    v, lock, stages = _stages_of(name)
+    by = {s.name: s for s in stages}
+    assert by["cuda"].parent == "torch"
+    assert by["vllm-native"].parent == by["webui-native"].parent == "cuda"
+    cuda = set(D.shared_cuda_wheels(lock))
+    names = {p["sha256"]: p["name"] for g in lock["python"].values() for p in g}
+    assert cuda and all(names[s].startswith("nvidia-") or names[s] == "triton" for s in cuda)
+    assert "nvidia-cudnn-cu12" in {names[s] for s in cuda} or "nvidia-cudnn-cu13" in {names[s] for s in cuda}
+    for svc in ("vllm", "webui"):
+        placed = [w for st in ("torch", "cuda", f"{svc}-native", f"{svc}-pure") for w in by[st].inputs["wheels"]]
+        assert len(placed) == len(set(placed)), f"{svc}: a wheel installed in two layers"
+        want = {p["sha256"] for p in lock["python"]["torch"] + lock["python"][svc]}
+        assert set(placed) == want
+
+
+def test_variants_with_the_same_resolution_share_every_stage_but_the_labelled_ones():
+    _, _, a40 = _stages_of("tp2-a40")
+    _, _, rtx = _stages_of("rtx4090")  # rtx4090-cu124-display: the same wheels and debs
+    shared = lambda stages: {s.name: s.tag("x") for s in stages if not s.service}  # noqa: E731
+    assert shared(a40) == shared(rtx)
+    finals = {s.name: s.tag("tp2-a40") for s in a40 if s.service}
+    assert all("/tp2-a40-" in t for t in finals.values())
+
+
+def test_aarch64_base_is_unpacked_without_running_its_code(tmp_path):
+    from builder.rootfs import EXTRACT_HOOK, MERGED_USR_HOOK, mmdebstrap_cmd
+
+    v, lock, stages = _stages_of("dgx-spark")
+    cmd = mmdebstrap_cmd(lock, ["python3"], tmp_path, tmp_path / "out.tar", [EXTRACT_HOOK])
+    assert "--variant=extract" in cmd and f"--setup-hook={MERGED_USR_HOOK}" in cmd and "--architectures=arm64" in cmd
+    assert stages[0].inputs["unpacked"]["arch"] == "arm64"
+    from builder.build import runs_at_build
+    assert runs_at_build(stages) == []
+
+    cpu_v, cpu_lock, cpu_stages = _stages_of("cpu")
+    assert "--variant=apt" in mmdebstrap_cmd(cpu_lock, ["python3"], tmp_path, tmp_path / "o.tar", [])
+    assert "unpacked" not in cpu_stages[0].inputs
+    assert runs_at_build(cpu_stages) == ["vllm"]  # the tiny model is generated at build time
+
+
+def test_aarch64_bud_names_the_image_architecture(tmp_path):
+    from builder.build import bud_cmd
+
+    _, lock, stages = _stages_of("dgx-spark")
+    cmd = bud_cmd(stages[0], "dgx-spark", 0, tmp_path, "aarch64")
+    assert cmd[cmd.index("--arch") + 1] == "arm64"
+    assert "--arch" not in bud_cmd(stages[0], "cpu", 0, tmp_path, "x86_64")

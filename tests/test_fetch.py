@@ -127,3 +127,22 @@ def test_require_cached_names_missing(server, tmp_path):
     a = _pin(root, base, "alpha", b"x")
     with pytest.raises(ImgforgeError, match="imgforge fetch --target cpu"):
         F.require_cached(_lock(a), tmp_path / "cache")
+
+
+def test_link_or_copy_is_safe_when_stages_place_the_same_file_at_once(tmp_path):
+    """Two stages built in parallel link the same cached wheel into one wheels directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from builder.fetch import link_or_copy
+
+    src = tmp_path / "cache" / "abc"
+    src.parent.mkdir()
+    src.write_bytes(b"wheel bytes")
+    dst = tmp_path / "wheels" / "pkg-1.0-py3-none-any.whl"
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        for f in [ex.submit(link_or_copy, src, dst) for _ in range(64)]:
+            f.result()
+    assert dst.read_bytes() == b"wheel bytes" and dst.stat().st_ino == src.stat().st_ino
+    assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]  # no temporary names left
+    link_or_copy(src, dst)  # again, onto the same file
+    assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]

@@ -27,7 +27,13 @@ Run it with PYTHONHASHSEED=0: some vLLM versions build a flag's choices by
 iterating over a set (0.8.5's --guided-decoding-backend), which otherwise
 changes from run to run.
 
-Exit status: 0 on success, 3 when no known parser location imports.
+With ``--parse ARG...`` it instead parses those server arguments with the same parser and prints
+``{"accepted": true, "values": {dest: value}}`` for the options given, or ``{"accepted": false,
+"error": "..."}`` (exit 2) with argparse's own message: the check that a target's command line is
+one this vLLM accepts, run where that vLLM lives.
+
+Exit status: 0 on success, 2 when --parse rejects the arguments, 3 when no known parser location
+imports.
 """
 
 from __future__ import annotations
@@ -294,7 +300,40 @@ def build_parser_any_platform():
     return build_parser() + (_platform(),)
 
 
+def parse(argv):
+    """Parse a server command line's arguments; argparse's error message when it refuses them."""
+    captured, errors = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            where, parser, platform = build_parser_any_platform()
+    except ImportError as exc:
+        sys.stderr.write(f"dump_vllm_args: {exc}\n")
+        return 3
+    given = set()
+    for word in argv:
+        if word.startswith("--"):
+            given.add(word.split("=", 1)[0])
+    dests = {a.dest for a in parser._actions if set(a.option_strings) & given}
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(errors):
+            ns = parser.parse_args(argv)
+    except SystemExit as exc:
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        json.dump({"accepted": False, "parser": where, "platform": platform,
+                   "error": lines[-1] if lines else f"exit {exc.code}"}, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+        return 2
+    values = {d: _json_safe(getattr(ns, d, None)) for d in sorted(dests)}
+    json.dump({"accepted": True, "parser": where, "platform": platform, "values": values}, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--parse":
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        return parse(sys.argv[2:])
     if sys.flags.hash_randomization:
         sys.stderr.write(
             "dump_vllm_args: warning: PYTHONHASHSEED is not set; some vLLM versions build "

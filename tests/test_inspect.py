@@ -1,0 +1,205 @@
+"""inspect: the static checks of built images, on synthetic image trees (each shown to fail).
+
+The real images are checked in test_gpu_images.py (slow tier).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from builder.dockerfiles import PREFIX
+from builder.inspect_images import (
+    check_cuda,
+    check_elf,
+    check_env_paths,
+    check_packages,
+    elf_machines,
+    expected_packages,
+)
+
+EM = {"x86_64": 62, "aarch64": 183, "cuda": 190}
+SITE = "lib/python3.11/site-packages"
+
+
+def elf_bytes(machine: str, e_type: int = 3) -> bytes:
+    """A minimal 64-bit little-endian ELF header (no sections): enough for the header checks."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    return ident + struct.pack("<HHIQQQIHHHHHH", e_type, EM[machine], 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+
+
+def write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    path.chmod(mode)
+    return path
+
+
+def dist_info(root: Path, service: str, name: str, version: str) -> None:
+    write(root / PREFIX.lstrip("/") / service / SITE / f"{name.replace('-', '_')}-{version}.dist-info" / "METADATA",
+          f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nbody\n")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from builder.expand import expand
+    from builder.load import load_target
+    from builder.lock import check_lock
+
+    v = expand(load_target("dgx-spark"))[0]
+    return v, check_lock(v)
+
+
+# --------------------------------------------------------------------------- elf
+
+def test_elf_check_passes_on_one_architecture_and_names_a_stray_file(tmp_path):
+    write(tmp_path / "usr/lib/aarch64-linux-gnu/libc.so.6", elf_bytes("aarch64"))
+    write(tmp_path / "usr/bin/python3.11", elf_bytes("aarch64", e_type=2), 0o755)
+    write(tmp_path / "opt/flashinfer/kernel.cubin", elf_bytes("cuda"))  # GPU code: allowed
+    write(tmp_path / "opt/x/obj.o", elf_bytes("x86_64", e_type=1))  # relocatable: not loaded
+    write(tmp_path / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+    ok = check_elf(tmp_path, "aarch64")
+    assert ok.status == "ok", ok
+    assert "2 ELF" in ok.detail and "1 GPU code" in ok.detail
+
+    write(tmp_path / "opt/imgforge/vllm/lib/_C.so", elf_bytes("x86_64"))
+    bad = check_elf(tmp_path, "aarch64")
+    assert bad.status == "fail"
+    assert any("EM_X86_64" in n and "/opt/imgforge/vllm/lib/_C.so" in n for n in bad.notes), bad.notes
+    assert check_elf(tmp_path, "x86_64").status == "fail"  # the aarch64 files are wrong there
+
+
+def test_elf_check_fails_on_a_tree_without_binaries(tmp_path):
+    write(tmp_path / "etc/hostname", "x\n")
+    assert check_elf(tmp_path, "x86_64").status == "fail"
+
+
+def test_elf_machines_reads_real_host_binaries(tmp_path):
+    shutil.copy("/bin/true", tmp_path / "true")
+    assert list(elf_machines(tmp_path)) == ["EM_X86_64"] or list(elf_machines(tmp_path)) == ["EM_AARCH64"]
+
+
+# --------------------------------------------------------------------------- packages
+
+def test_packages_must_be_exactly_the_locks(tmp_path, spark):
+    _, lock = spark
+    want = expected_packages(lock, "webui")
+    for pin in lock["python"]["torch"]:
+        dist_info(tmp_path, "torch", pin["name"], pin["version"])
+    for pin in lock["python"]["webui"]:
+        dist_info(tmp_path, "webui", pin["name"], pin["version"])
+    ok = check_packages(tmp_path, lock, "webui", PREFIX)
+    assert ok.status == "ok" and str(len(want)) in ok.detail, ok
+
+    dist_info(tmp_path, "webui", "stray-package", "1.0")
+    bad = check_packages(tmp_path, lock, "webui", PREFIX)
+    assert bad.status == "fail" and any("stray-package" in n for n in bad.notes)
+
+
+def test_packages_name_a_wrong_version(tmp_path, spark):
+    _, lock = spark
+    for pin in lock["python"]["torch"]:
+        dist_info(tmp_path, "torch", pin["name"], "0.0.1")
+    for pin in lock["python"]["webui"]:
+        dist_info(tmp_path, "webui", pin["name"], pin["version"])
+    bad = check_packages(tmp_path, lock, "webui", PREFIX)
+    assert bad.status == "fail" and any(n.startswith("torch: 0.0.1 installed") for n in bad.notes), bad.notes
+
+
+# --------------------------------------------------------------------------- cuda
+
+def _torch_tree(root: Path, lock: dict, cuda: str, arch_list: list[str]) -> None:
+    site = root / PREFIX.lstrip("/") / "torch" / SITE
+    write(site / "torch/version.py", f"__version__ = '2.13.0'\ncuda: Optional[str] = '{cuda}'\n")
+    write(site / "torch/lib/libtorch_python.so", b"\x00junk\x00" + " ".join(arch_list).encode() + b"\x00tail\x00")
+    for g in lock["python"].values():
+        for pin in g:
+            if pin["name"].startswith("nvidia-cuda-runtime") or pin["name"].startswith("flashinfer"):
+                dist_info(root, "torch", pin["name"], pin["version"])
+
+
+def test_cuda_check_of_the_spark_image_tree(tmp_path, spark):
+    v, lock = spark
+    _torch_tree(tmp_path, lock, "13.0", lock["cuda"]["arch_list"])
+    ok = check_cuda(tmp_path, v, lock, PREFIX)
+    assert ok.status == "ok", ok
+    assert any("GB10" in n for n in ok.notes)
+
+
+@pytest.mark.parametrize("cuda, arch_list, expect", [
+    ("12.8", None, "built for CUDA 12.8"),
+    ("13.0", ["sm_80", "sm_90"], "is not covered"),
+])
+def test_cuda_check_fails_on_a_wrong_torch(tmp_path, spark, cuda, arch_list, expect):
+    v, lock = spark
+    _torch_tree(tmp_path, lock, cuda, arch_list or lock["cuda"]["arch_list"])
+    bad = check_cuda(tmp_path, v, lock, PREFIX)
+    assert bad.status == "fail" and expect in bad.detail, bad
+
+
+def test_cuda_check_fails_on_a_flashinfer_cubin_of_another_version(tmp_path, spark):
+    """FlashInfer raises at its first kernel lookup when flashinfer-cubin's version differs."""
+    import copy
+
+    v, lock = spark
+    lock = copy.deepcopy(lock)
+    fi = next(p for p in lock["python"]["vllm"] if p["name"] == "flashinfer-python")
+    lock["python"]["vllm"].append({**fi, "name": "flashinfer-cubin", "version": "0.0.1"})
+    _torch_tree(tmp_path, lock, "13.0", lock["cuda"]["arch_list"])
+    bad = check_cuda(tmp_path, v, lock, PREFIX)
+    assert bad.status == "fail" and "refuses cubins of another version" in bad.detail, bad
+
+
+def test_cuda_check_fails_without_the_locked_flashinfer(tmp_path, spark):
+    v, lock = spark
+    _torch_tree(tmp_path, lock, "13.0", lock["cuda"]["arch_list"])
+    for p in (tmp_path / PREFIX.lstrip("/") / "torch" / SITE).glob("flashinfer_python-*.dist-info"):
+        shutil.rmtree(p)
+    bad = check_cuda(tmp_path, v, lock, PREFIX)
+    assert bad.status == "fail" and "flashinfer-python None installed" in bad.detail, bad
+
+
+# --------------------------------------------------------------------------- env paths
+
+def test_env_paths_need_ptxas_of_the_image_arch(tmp_path, spark):
+    v, _ = spark
+    env = v.container_env
+    ptxas = env["TRITON_PTXAS_PATH"]
+    for p in env["LD_LIBRARY_PATH"].split(":"):
+        (tmp_path / p.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for p in env["PATH"].split(":"):
+        (tmp_path / p.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    assert check_env_paths(tmp_path, v, "aarch64", PREFIX).status == "fail"  # no ptxas yet
+    write(tmp_path / ptxas.lstrip("/"), elf_bytes("x86_64", e_type=2), 0o755)
+    bad = check_env_paths(tmp_path, v, "aarch64", PREFIX)
+    assert bad.status == "fail" and "not an aarch64 executable" in bad.notes[0]
+    write(tmp_path / ptxas.lstrip("/"), elf_bytes("aarch64", e_type=2), 0o755)
+    assert check_env_paths(tmp_path, v, "aarch64", PREFIX).status == "ok"
+    shutil.rmtree(tmp_path / env["LD_LIBRARY_PATH"].split(":")[0].lstrip("/"))
+    assert check_env_paths(tmp_path, v, "aarch64", PREFIX).status == "fail"
+
+
+# --------------------------------------------------------------------------- parse mode of the flag dumper
+
+def test_dump_script_parse_mode_is_documented_and_self_contained():
+    from builder.paths import facts_dir
+
+    src = (facts_dir() / "dump_vllm_args.py").read_text()
+    assert "--parse" in src
+    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"__future__", "argparse", "contextlib", "enum", "importlib", "io", "json", "logging", "os", "sys", "warnings"}
+
+
+def test_inspect_report_json_roundtrip():
+    from builder.inspect_images import ImageReport
+    from builder.lint import Check
+
+    rep = ImageReport("v", "aarch64", {"vllm": "sha256:0"}, {"vllm": [Check("elf", "ok", "x"), Check("import", "skip", "why")]})
+    assert rep.ok and json.loads(json.dumps(rep.to_json()))["checks"]["vllm"][1]["status"] == "skip"
+    rep.checks["vllm"].append(Check("flags", "fail", "no"))
+    assert not rep.ok
+    assert not ImageReport("v", "x86_64").ok  # nothing checked is not a pass
