@@ -28,7 +28,7 @@ VARIATIONS = {
 }
 
 
-def _run_clean_build(variant_ref: str, work: Path, name: str, echo: Callable[[str], None]) -> dict[str, Any]:
+def _run_clean_build(variant_ref: str, work: Path, name: str, echo: Callable[[str], None], variant: str | None = None) -> dict[str, Any]:
     from .build import storage_env
     from .reproduce import clean_build_cmd
 
@@ -38,7 +38,7 @@ def _run_clean_build(variant_ref: str, work: Path, name: str, echo: Callable[[st
     out = work / f"result-{name}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update({"TZ": var["TZ"], "LANG": var["LANG"], "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-    inner = clean_build_cmd(variant_ref, root, storage, out)
+    inner = clean_build_cmd(variant_ref, root, storage, out, variant)
     script = f'umask {var["umask"]}; ' + (f'hostname {var["hostname"]}; ' if var["hostname"] else "") + 'exec "$@"'
     cmd = ["sh", "-c", script, "sh", *inner]
     if var["hostname"]:
@@ -59,7 +59,7 @@ def _drop_store(storage: Path, env) -> None:
 
 
 def verify_reproducible(variant_ref: str = "cpu", workdir: Path | None = None, runs: int = 2, keep: bool = False,
-                        echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        echo: Callable[[str], None] | None = None, variant: str | None = None) -> dict[str, Any]:
     """Build from clean `runs` times (1 or 2); compare with each other and the lock's golden digests.
 
     Returns a result dict; raises ImgforgeError (exit 1) naming layers and files on a difference.
@@ -69,7 +69,7 @@ def verify_reproducible(variant_ref: str = "cpu", workdir: Path | None = None, r
     from .reproduce import explain
 
     echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
-    v = variants_of([variant_ref])[0]
+    v = variants_of([variant_ref], variant)[0]
     lock = check_lock(v)
     golden = lock.get("golden") or {}
     work = Path(workdir or tempfile.mkdtemp(prefix="imgforge-repro-"))
@@ -78,7 +78,7 @@ def verify_reproducible(variant_ref: str = "cpu", workdir: Path | None = None, r
     problems: list[str] = []
     try:
         for name in list(VARIATIONS)[:max(1, min(2, runs))]:
-            results[name] = _run_clean_build(variant_ref, work, name, echo)
+            results[name] = _run_clean_build(variant_ref, work, name, echo, v.name if variant else None)
         a = results["a"]
         report: dict[str, Any] = {"variant": v.name, "golden": golden, "builds": {n: r["images"] for n, r in results.items()},
                                   "differences": []}

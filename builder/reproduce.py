@@ -124,23 +124,24 @@ def explain(service: str, ref_a: str, env_a, ref_b: str, env_b, workdir: Path) -
     return d
 
 
-def clean_build_cmd(variant_ref: str, build_root: Path, storage: Path, out_json: Path) -> list[str]:
-    return [sys.executable, "-m", "builder.reproduce", "clean-build", variant_ref, str(build_root), str(storage), str(out_json)]
+def clean_build_cmd(variant_ref: str, build_root: Path, storage: Path, out_json: Path, variant: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "builder.reproduce", "clean-build", variant_ref, str(build_root), str(storage), str(out_json),
+            *([variant] if variant else [])]
 
 
-def _clean_build_main(variant_ref: str, build_root: str, storage: str, out_json: str) -> None:
+def _clean_build_main(variant_ref: str, build_root: str, storage: str, out_json: str, variant: str | None = None) -> None:
     from .build import Builder
     from .lock import check_lock
     from .options import variants_of
 
-    v = variants_of([variant_ref])[0]
+    v = variants_of([variant_ref], variant)[0]
     lock = check_lock(v)
     rep = Builder(v, lock, build_root=Path(build_root), storage=Path(storage)).build(push=False)
     Path(out_json).write_text(json.dumps({svc: info for svc, info in rep.images.items()}, indent=1))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "clean-build":
+    if len(sys.argv) in (6, 7) and sys.argv[1] == "clean-build":
         _clean_build_main(*sys.argv[2:])
     else:
-        sys.exit("usage: python -m builder.reproduce clean-build TARGET BUILD_ROOT STORAGE OUT_JSON")
+        sys.exit("usage: python -m builder.reproduce clean-build TARGET BUILD_ROOT STORAGE OUT_JSON [VARIANT]")
