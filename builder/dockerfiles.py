@@ -57,6 +57,8 @@ class Stage:
     dockerfile: str = ""
 
     def tag(self, variant: str) -> str:
+        # buildah records the parent's tag in the image history ("FROM <tag>"): the format of
+        # these tags is part of every digest, so it changes only with the golden digests
         if self.service:
             return f"localhost/imgforge-stage/{variant}-{self.name}:{self.key[:20]}"
         return f"localhost/imgforge-stage/{self.name}:{self.key[:20]}"
