@@ -89,21 +89,67 @@ def buildah_containers(env: dict[str, str] | None = None) -> set[str]:
 
 # --------------------------------------------------------------------------- python trees
 
+def _destination_class():
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.records import Hash, RecordEntry
+    from installer.utils import copyfileobj_with_hashing
+
+    class SharedFileDestination(SchemeDictionaryDestination):
+        """Several wheels of one tree may ship the same file with the same bytes (every cu12
+        nvidia-* wheel has an empty nvidia/__init__.py). pip overwrites; here the later copy is
+        not written again. That the bytes are the same is checked beforehand, from the wheels'
+        RECORDs (shared_file_conflicts), so which wheel wrote the file cannot matter."""
+
+        def write_to_fs(self, scheme, path, stream, is_executable):
+            target = self._path_with_destdir(scheme, path)
+            if target.exists():
+                class _Sink:
+                    def write(self, data):
+                        return len(data)
+
+                hash_, size = copyfileobj_with_hashing(stream, _Sink(), self.hash_algorithm)
+                return RecordEntry(path, Hash(self.hash_algorithm, hash_), size)
+            return super().write_to_fs(scheme, path, stream, is_executable)
+
+    return SharedFileDestination
+
+
 def _install_one(args: tuple[str, str, dict[str, str], str, str]) -> str:
     wheel, tree, scheme, interpreter, name = args
     from installer import install
-    from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
     import warnings
 
     warnings.filterwarnings("ignore", message="Skip installing .*__pycache__")
     os.umask(0o022)
-    dest = SchemeDictionaryDestination(
+    dest = _destination_class()(
         scheme, interpreter=interpreter, script_kind="posix", bytecode_optimization_levels=(), destdir=tree
     )
     with WheelFile.open(wheel) as source:
         install(source, dest, additional_metadata={"INSTALLER": b"imgforge\n"})
     return name
+
+
+def shared_file_conflicts(wheels: list[Path]) -> list[str]:
+    """Files that two wheels of one tree both ship with different bytes (from their RECORDs)."""
+    import csv
+    import io
+    import zipfile
+
+    seen: dict[str, tuple[str, str]] = {}
+    out = []
+    for w in sorted(wheels):
+        with zipfile.ZipFile(w) as zf:
+            record = next((n for n in zf.namelist() if n.endswith(".dist-info/RECORD") and n.count("/") == 1), None)
+            if record is None:
+                continue
+            for row in csv.reader(io.TextIOWrapper(zf.open(record), encoding="utf-8")):
+                if len(row) < 2 or not row[1] or ".dist-info/" in row[0]:
+                    continue
+                prev = seen.setdefault(row[0], (row[1], w.name))
+                if prev[0] != row[1]:
+                    out.append(f"{row[0]}: {prev[1]} and {w.name} differ")
+    return out
 
 
 def normalize_tree(root: Path) -> int:
@@ -166,6 +212,10 @@ def stage_python(spec: dict[str, Any], lock: dict[str, Any], tree: Path, wheels_
         if not w.exists():
             link_or_copy(cached_path(p["sha256"], cache), w)
         jobs.append((str(w), str(tree), scheme, interpreter, p["name"]))
+    conflicts = shared_file_conflicts([Path(j[0]) for j in jobs])
+    if conflicts:
+        raise ImgforgeError(f"{len(conflicts)} file(s) shipped by two wheels with different bytes, e.g. {conflicts[0]}: "
+                            f"the tree would depend on the install order")
     log.write(f"installing {len(jobs)} wheels into {tree} (prefix {prefix})\n")
     log.flush()
     # spawn, not fork: stages may be built from several threads at once

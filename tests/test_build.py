@@ -437,3 +437,46 @@ def test_aarch64_bud_names_the_image_architecture(tmp_path):
     cmd = bud_cmd(stages[0], "dgx-spark", 0, tmp_path, "aarch64")
     assert cmd[cmd.index("--arch") + 1] == "arm64"
     assert "--arch" not in bud_cmd(stages[0], "cpu", 0, tmp_path, "x86_64")
+
+
+def _wheel(path, name, files):
+    """A minimal wheel with its RECORD (sha256 entries, as real wheels have)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    di = f"{name}-1.0.dist-info"
+    files = {**files, f"{di}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{di}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: py3-none-any\n"}
+    rows = []
+    for n, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        rows.append(f"{n},sha256={digest},{len(text.encode())}")
+    rows.append(f"{di}/RECORD,,")
+    w = path / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(w, "w") as zf:
+        for n, text in files.items():
+            zf.writestr(n, text)
+        zf.writestr(f"{di}/RECORD", "\n".join(rows) + "\n")
+    return w
+
+
+def test_wheels_sharing_an_identical_file_install_into_one_tree(tmp_path):
+    """Every cu12 nvidia-* wheel ships the same empty nvidia/__init__.py."""
+    from builder.build import _install_one, shared_file_conflicts
+
+    a = _wheel(tmp_path, "nvidia_a", {"nvidia/__init__.py": "", "nvidia/a/lib.txt": "a"})
+    b = _wheel(tmp_path, "nvidia_b", {"nvidia/__init__.py": "", "nvidia/b/lib.txt": "b"})
+    assert shared_file_conflicts([a, b]) == []
+    tree = tmp_path / "tree"
+    sp = "/opt/x/lib/python3.11/site-packages"
+    scheme = {"purelib": sp, "platlib": sp, "headers": "/opt/x/include", "scripts": "/opt/x/bin", "data": "/opt/x"}
+    for w in (a, b):
+        _install_one((str(w), str(tree), scheme, "/usr/bin/python3", w.name))
+    root = tree / sp.lstrip("/")
+    assert (root / "nvidia/__init__.py").read_text() == "" and (root / "nvidia/b/lib.txt").read_text() == "b"
+    assert "nvidia/__init__.py" in (root / "nvidia_b-1.0.dist-info/RECORD").read_text()
+
+    c = _wheel(tmp_path, "nvidia_c", {"nvidia/__init__.py": "# not the same\n"})
+    conflicts = shared_file_conflicts([a, b, c])
+    assert conflicts and "nvidia/__init__.py" in conflicts[0] and "nvidia_c" in conflicts[0]

@@ -67,7 +67,9 @@ def test_gpu_locks_pin_the_variant_platform(target):
         assert not names & {L._normalize(n) for n in v.spec.software.exclude}, v.name
         assert "triton" in names  # GPU engines need it (only the CPU target leaves it out)
         assert [p["name"] for p in lock["python"]["torch"]] == ["torch"]
-        assert lock["golden"] == {} and "--record-golden" in lock["golden_note"]
+        # golden digests, once recorded, name exactly the three images
+        assert set(lock["golden"]) in (set(), {"vllm", "webui", "gateway"}) and "--record-golden" in lock["golden_note"]
+        assert all(hexre.match(d.removeprefix("sha256:")) for d in lock["golden"].values())
         assert isinstance(lock["source_date_epoch"], int) and lock["source_date_epoch"] == L.derive_epoch(lock["python"])
 
 
