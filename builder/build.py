@@ -383,6 +383,16 @@ class Builder:
         self.built.add(st.name)
         t0 = time.monotonic()
         ctx = ctx_root / "context"
+        try:
+            iid = self._build_in(st, ctx_root, ctx, tag, t0)
+        finally:
+            # an installed tree is gigabytes: never left behind, built or failed
+            if "python" in st.context and not os.environ.get("IMGFORGE_KEEP_TREES"):
+                shutil.rmtree(ctx / "tree", ignore_errors=True)
+        self.echo(f"build: {st.name:14s} {time.monotonic() - t0:6.1f}s  {iid[:12]}")
+        return iid
+
+    def _build_in(self, st: Stage, ctx_root: Path, ctx: Path, tag: str, t0: float) -> str:
         with open(ctx_root / "build.log", "w") as log:
             log.write(f"stage {st.name} key {st.key}\n")
             self.prepare_context(st, ctx, log)
@@ -401,9 +411,6 @@ class Builder:
             _run(cmd, log=log, env=env)
             iid = buildah_image_id(tag, self.storage_env)
             log.write(f"image {iid} in {time.monotonic() - t0:.1f}s\n")
-        if "python" in st.context and not os.environ.get("IMGFORGE_KEEP_TREES"):
-            shutil.rmtree(ctx / "tree", ignore_errors=True)
-        self.echo(f"build: {st.name:14s} {time.monotonic() - t0:6.1f}s  {iid[:12]}")
         return iid
 
     def build_stages(self, needed: list[Stage], ids: dict[str, str]) -> None:

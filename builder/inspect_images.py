@@ -292,6 +292,19 @@ def _tail(text: str, n: int = 3) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-n:]
 
 
+def same_release(imported: str, pinned: str) -> bool:
+    """torch's own version carries its build (2.6.0+cu124) where PyPI's wheel name does not."""
+    from packaging.version import InvalidVersion, Version
+
+    if imported == pinned:
+        return True
+    try:
+        a, b = Version(imported), Version(pinned)
+    except InvalidVersion:
+        return False
+    return b.local is None and a.public == b.public
+
+
 def check_import(image: str, python: str, module: str, lock: dict[str, Any], cuda: str | None) -> Check:
     try:
         proc = docker_python(image, python, ["-c", IMPORT_PROBE, module])
@@ -303,7 +316,7 @@ def check_import(image: str, python: str, module: str, lock: dict[str, Any], cud
     got = json.loads(line.split(" ", 1)[1])
     torch_pin = next((p["version"] for p in lock["python"].get("torch", [])), None)
     problems = []
-    if torch_pin and got["torch"] != torch_pin:
+    if torch_pin and not same_release(got["torch"], torch_pin):
         problems.append(f"torch {got['torch']} imported, {torch_pin} locked")
     if cuda and got["torch_cuda"] != cuda:
         problems.append(f"torch reports CUDA {got['torch_cuda']}, the target has {cuda}")

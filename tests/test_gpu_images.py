@@ -116,3 +116,20 @@ def test_image_parser_refuses_a_flag_its_vllm_lacks(gpu_build):
 
     bad = check_flags_in_image(rep.images["vllm"]["ref"], "/opt/imgforge/vllm/bin/python", WithLaterFlag())
     assert bad.status == "fail" and "enable-log-outputs" in bad.detail, bad
+
+
+def test_cli_inspect_records_built_and_targets_shows_it(gpu_build):
+    import json
+    import sys
+
+    v, *_ = gpu_build
+    if v.spec.platform.arch == "x86_64":
+        pytest.skip("once per session is enough: the aarch64 variant's checks are the quicker")
+    proc = subprocess.run([sys.executable, "-m", "builder", "inspect", "--target", v.name, "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)[0]
+    assert rep["ok"] and rep["arch"] == "aarch64"
+    rows = json.loads(subprocess.run([sys.executable, "-m", "builder", "targets", "--target", v.name, "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert rows[0]["level"] == "built"  # a GPU variant: never more here

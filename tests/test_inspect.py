@@ -203,3 +203,15 @@ def test_inspect_report_json_roundtrip():
     rep.checks["vllm"].append(Check("flags", "fail", "no"))
     assert not rep.ok
     assert not ImageReport("v", "x86_64").ok  # nothing checked is not a pass
+
+
+@pytest.mark.parametrize("imported, pinned, same", [
+    ("2.6.0+cu124", "2.6.0", True),  # PyPI's CUDA wheel reports its build
+    ("2.13.0+cpu", "2.13.0+cpu", True),
+    ("2.13.0", "2.13.0+cpu", False),  # a CUDA torch where the CPU one is locked
+    ("2.6.1+cu124", "2.6.0", False),
+])
+def test_imported_torch_release_matches_the_pin(imported, pinned, same):
+    from builder.inspect_images import same_release
+
+    assert same_release(imported, pinned) is same
