@@ -215,3 +215,35 @@ def test_imported_torch_release_matches_the_pin(imported, pinned, same):
     from builder.inspect_images import same_release
 
     assert same_release(imported, pinned) is same
+
+
+def test_reproducible_gpu_variant_stays_built(monkeypatch, tmp_path):
+    """verify --reproducible on a GPU variant notes it under built; only a bootable one moves up."""
+    from click.testing import CliRunner
+
+    import builder.cmd_verify_repro as repro
+    from builder.cmd_verify import cmd
+    from builder.levels import highest, reached, record
+
+    monkeypatch.setenv("IMGFORGE_STATE", str(tmp_path / "state"))
+    calls = []
+
+    def fake(target, runs=2, variant=None, **kw):  # the clean builds themselves run in the slow tier
+        calls.append((target, runs))
+        return {"golden": {"vllm": "sha256:" + "0" * 64}}
+
+    monkeypatch.setattr(repro, "verify_reproducible", fake)
+    r = CliRunner().invoke(cmd, ["--target", "dgx-spark", "--reproducible", "--runs", "1"])
+    assert r.exit_code == 0 and "not recorded" in r.output  # nothing was built here yet
+    assert highest("dgx-spark") is None
+
+    record("dgx-spark", "built", {"images": {"vllm": "x"}})
+    r = CliRunner().invoke(cmd, ["--target", "dgx-spark", "--reproducible", "--runs", "1"])
+    assert r.exit_code == 0 and "stays built" in r.output, r.output
+    assert highest("dgx-spark")[0] == "built"
+    details = reached("dgx-spark")["built"]["details"]
+    assert details["images"] == {"vllm": "x"} and details["reproducible"]["runs"] == 1
+
+    r = CliRunner().invoke(cmd, ["--target", "cpu", "--reproducible"])
+    assert r.exit_code == 0 and highest("cpu")[0] == "reproducible"
+    assert calls == [("dgx-spark", 1), ("dgx-spark", 1), ("cpu", 2)]
