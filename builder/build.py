@@ -215,7 +215,8 @@ def stage_python(spec: dict[str, Any], lock: dict[str, Any], tree: Path, wheels_
     conflicts = shared_file_conflicts([Path(j[0]) for j in jobs])
     if conflicts:
         raise ImgforgeError(f"{len(conflicts)} file(s) shipped by two wheels with different bytes, e.g. {conflicts[0]}: "
-                            f"the tree would depend on the install order")
+                            f"the tree would depend on the install order; pin one of them in the target (software.extra) so that "
+                            f"only one ships these files, and re-lock")
     log.write(f"installing {len(jobs)} wheels into {tree} (prefix {prefix})\n")
     log.flush()
     # spawn, not fork: stages may be built from several threads at once

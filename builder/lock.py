@@ -291,6 +291,18 @@ def find_links_dirs(cfg: IndexConfig) -> list[Path]:
     return out
 
 
+def cpu_torch_exclusions(cfg: IndexConfig) -> list[str]:
+    """Constraints that keep a CUDA variant off the CPU torch builds in find-links directories.
+
+    A local version sorts above its public one (2.13.0+cpu > 2.13.0) and ``torch==2.13.0`` matches
+    both, so a resolver offered the CPU wheel (for the cpu target) takes it for GPU targets too."""
+    out = set()
+    for d in find_links_dirs(cfg):
+        for w in d.glob("torch-*+cpu*.whl"):
+            out.add(f"torch!={unquote(w.name).split('-')[1]}")
+    return sorted(out)
+
+
 # --------------------------------------------------------------------------- python resolution
 
 def _uv() -> str:
@@ -350,15 +362,18 @@ def compile_service(
     arch: str,
     cfg: IndexConfig,
     workdir: Path,
+    constraints: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """uv pip compile one service's requirements to pinned wheels for the variant's platform."""
     req = workdir / f"{name}.in"
     req.write_text("\n".join(requirements) + "\n")
     ov = workdir / f"{name}-overrides.txt"
     ov.write_text("\n".join(overrides) + "\n")
+    cons = workdir / f"{name}-constraints.txt"
+    cons.write_text("\n".join(constraints or []) + "\n")
     out = workdir / f"pylock.{name}.toml"
     cmd = [
-        _uv(), "pip", "compile", str(req), "--override", str(ov),
+        _uv(), "pip", "compile", str(req), "--override", str(ov), "--constraint", str(cons),
         "--python-version", PYTHON_VERSION, "--python-platform", ARCH[arch]["wheel"],
         "--only-binary", ":all:", "--no-header", "--quiet", "-o", str(out),
     ]
@@ -421,6 +436,7 @@ def resolve_python(variant, cfg: IndexConfig) -> dict[str, list[dict[str, Any]]]
     arch = variant.spec.platform.arch
     exclude = sorted(set(map(_normalize, sw.exclude)) | set(always_exclude(variant)))
     torch_pin = [f"torch=={sw.torch}"] if sw.torch else []
+    constraints = cpu_torch_exclusions(cfg) if _is_cuda(variant) else []
     with tempfile.TemporaryDirectory(prefix="imgforge-lock-") as td:
         work = Path(td)
         services: dict[str, list[dict[str, Any]]] = {}
@@ -436,7 +452,7 @@ def resolve_python(variant, cfg: IndexConfig) -> dict[str, list[dict[str, Any]]]
             never = list(exclude)
             for _round in range(2):
                 ov = torch_pin + [f"{n}; sys_platform == 'never'" for n in sorted(set(never))]
-                pins = compile_service(svc, req, ov, arch, cfg, work)
+                pins = compile_service(svc, req, ov, arch, cfg, work, constraints)
                 # on a CPU torch, CUDA user-space wheels are dead weight: drop and re-resolve
                 extra_never = [p["name"] for p in pins if sw.torch and "+cpu" in sw.torch and _normalize(p["name"]).startswith("nvidia-")]
                 if not extra_never:

@@ -174,3 +174,23 @@ def test_resolve_for_aarch64_on_any_host():
     py = L.resolve_python(v, L.IndexConfig(None, [], []))
     files = [p["filename"] for p in py["vllm"] + py.get("torch", []) if not p["pure"]]
     assert files and all("aarch64" in f for f in files), [f for f in files if "aarch64" not in f]
+
+
+def test_cuda_variants_are_kept_off_cpu_torch_builds_in_find_links(tmp_path):
+    """2.13.0+cpu sorts above 2.13.0 and torch==2.13.0 matches it: without a constraint a GPU
+    target locked beside the cpu target's find-links directory would get the CPU torch."""
+    from builder.lock import IndexConfig, cpu_torch_exclusions
+
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (tmp_path / "numpy-2.0.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    cfg = IndexConfig(index_url=None, extra_index_urls=[], find_links=[str(tmp_path)])
+    assert cpu_torch_exclusions(cfg) == ["torch!=2.13.0+cpu"]
+    assert cpu_torch_exclusions(IndexConfig(index_url=None, extra_index_urls=[], find_links=[])) == []
+
+
+def test_gpu_locks_hold_cuda_torch_builds():
+    from builder.lock import load_lock
+
+    for name in ("rtx4090-cu124-headless", "rtx4090-cu130-headless", "tp4-rtx4090", "tp2-a40", "dgx-spark"):
+        torch = load_lock(name)["python"]["torch"][0]
+        assert "+cpu" not in torch["version"] and "+cpu" not in torch["filename"], (name, torch["filename"])
