@@ -93,18 +93,30 @@ def elf_machines(root: Path, skip: tuple[str, ...] = ("proc", "sys", "dev")) -> 
     return found
 
 
+def _cross_target(path: str, machine: str) -> bool:
+    """A file filed under its own architecture's target triple (e.g. cutlass-dsl's
+    ``stubs/aarch64-unknown-linux-gnu/``): material for cross-compiling, never loaded here."""
+    arch = next((a for a, m in ELF_MACHINE.items() if m == machine), None)
+    return arch is not None and any(part.startswith(arch + "-") for part in Path(path).parts[:-1])
+
+
 def check_elf(root: Path, arch: str) -> Check:
     want = ELF_MACHINE[arch]
     found = elf_machines(root)
     n = len(found.get(want, []))
     gpu = sum(len(v) for k, v in found.items() if k in GPU_MACHINES)
-    wrong = {k: sorted(v) for k, v in found.items() if k != want and k not in GPU_MACHINES}
+    other = {k: v for k, v in found.items() if k != want and k not in GPU_MACHINES}
+    cross = {k: sorted(p for p in v if _cross_target(p, k)) for k, v in other.items()}
+    wrong = {k: sorted(p for p in v if not _cross_target(p, k)) for k, v in other.items()}
+    wrong = {k: v for k, v in wrong.items() if v}
+    notes = [f"{k}: {len(v)} cross-compilation file(s) under their own target triple, e.g. /{v[0]}"
+             for k, v in sorted(cross.items()) if v]
     if wrong:
-        notes = [f"{k}: {len(v)} file(s), e.g. /{v[0]}" for k, v in sorted(wrong.items())]
+        notes = [f"{k}: {len(v)} file(s), e.g. /{v[0]}" for k, v in sorted(wrong.items())] + notes
         return Check("elf", "fail", f"{sum(len(v) for v in wrong.values())} ELF file(s) of another architecture than {arch}", notes)
     if n == 0:
         return Check("elf", "fail", f"no {arch} ELF file at all: not an image of this variant's root filesystem")
-    return Check("elf", "ok", f"{n} ELF executables/shared objects, all {want}" + (f"; {gpu} GPU code objects" if gpu else ""))
+    return Check("elf", "ok", f"{n} ELF executables/shared objects, all {want}" + (f"; {gpu} GPU code objects" if gpu else ""), notes)
 
 
 def _norm(name: str) -> str:

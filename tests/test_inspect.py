@@ -73,6 +73,19 @@ def test_elf_check_passes_on_one_architecture_and_names_a_stray_file(tmp_path):
     assert check_elf(tmp_path, "x86_64").status == "fail"  # the aarch64 files are wrong there
 
 
+def test_elf_check_tells_cross_compilation_stubs_from_stray_binaries(tmp_path):
+    """nvidia-cutlass-dsl's x86_64 wheel ships aarch64 stubs under stubs/aarch64-unknown-linux-gnu/."""
+    write(tmp_path / "usr/lib/x86_64-linux-gnu/libc.so.6", elf_bytes("x86_64"))
+    stub = "opt/imgforge/vllm/site/nvidia_cutlass_dsl/cu12/lib/stubs/aarch64-unknown-linux-gnu/libcute_dsl_runtime.so"
+    write(tmp_path / stub, elf_bytes("aarch64"))
+    ok = check_elf(tmp_path, "x86_64")
+    assert ok.status == "ok" and "cross-compilation" in ok.notes[0] and stub in ok.notes[0], ok
+    # the same file elsewhere, or under the wrong triple, is a stray binary
+    write(tmp_path / "opt/imgforge/vllm/site/pkg/x86_64-linux-gnu/lib.so", elf_bytes("aarch64"))
+    bad = check_elf(tmp_path, "x86_64")
+    assert bad.status == "fail" and "x86_64-linux-gnu/lib.so" in bad.notes[0], bad
+
+
 def test_elf_check_fails_on_a_tree_without_binaries(tmp_path):
     write(tmp_path / "etc/hostname", "x\n")
     assert check_elf(tmp_path, "x86_64").status == "fail"
