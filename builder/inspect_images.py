@@ -6,6 +6,8 @@ holds), and, where the image's architecture is the host's, by running its Python
 
 * elf       -- every ELF executable and shared object is of the image's architecture (GPU code
                objects, e.g. FlashInfer's standalone cubins, are allowed as such);
+* system    -- the image's user has an account and a home it owns, root has an account, the CA
+               bundle exists, and no apt source or list of the build host was left behind;
 * packages  -- the installed distributions (``*.dist-info`` under the image's prefix) are exactly
                the lock's pins for that image, name and version;
 * cuda      -- (vllm, GPU variants) torch was built for the target's CUDA, the CUDA runtime and
@@ -276,6 +278,50 @@ def check_env_paths(root: Path, variant, arch: str, image_prefix: str) -> Check:
     return Check("env-paths", "ok", "every path the vLLM environment names under the image prefix exists", notes)
 
 
+def _passwd(root: Path) -> dict[int, list[str]]:
+    try:
+        lines = (root / "etc/passwd").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        f = line.split(":")
+        if len(f) >= 7 and f[2].isdigit():
+            out[int(f[2])] = f
+    return out
+
+
+def check_system(root: Path, uid: int) -> Check:
+    """What the Debian base must hold for the image to run as its user and reach TLS hosts,
+    and that nothing of the build host was left in it."""
+    problems, notes = [], []
+    users = _passwd(root)
+    if 0 not in users:
+        problems.append("/etc/passwd has no root account")
+    user = users.get(uid)
+    if user is None:
+        problems.append(f"/etc/passwd has no account for the image's user {uid}")
+    else:
+        home = _in_image(root, user[5])
+        if not home.is_dir() or home.stat().st_uid != uid:
+            problems.append(f"the home of {user[0]} ({user[5]}) is missing or not owned by {uid}")
+        notes.append(f"user {user[0]} ({uid}), home {user[5]}")
+    bundle = root / "etc/ssl/certs/ca-certificates.crt"
+    if not bundle.is_file() or b"BEGIN CERTIFICATE" not in bundle.read_bytes()[:4096]:
+        problems.append("no CA bundle at /etc/ssl/certs/ca-certificates.crt")
+    sources = []
+    for f in [root / "etc/apt/sources.list", *sorted((root / "etc/apt/sources.list.d").glob("*"))]:
+        if f.is_file():
+            sources += [line for line in f.read_text().splitlines() if "copy:" in line or "file:" in line]
+    if sources:
+        problems.append(f"apt sources name the build host's repository: {sources[0]}")
+    if list((root / "var/lib/apt/lists").glob("*Packages*")):
+        problems.append("apt package lists were left in the image")
+    if problems:
+        return Check("system", "fail", "; ".join(problems), notes)
+    return Check("system", "ok", "accounts, home, CA bundle; no build-host apt sources or lists", notes)
+
+
 # --------------------------------------------------------------------------- run checks
 
 IMPORT_PROBE = r"""
@@ -382,7 +428,7 @@ def mounted(ref: str, env: dict[str, str] | None = None) -> Iterator[Path]:
 def inspect_variant(variant, lock: dict[str, Any], services: list[str] | None = None,
                     host_arch: str | None = None, echo=None) -> ImageReport:
     from .build import SERVICES, buildah_image_id, docker_image_id, final_tag
-    from .dockerfiles import PREFIX, keyed_stages
+    from .dockerfiles import PREFIX, UID, keyed_stages
 
     echo = echo or (lambda s: None)
     arch = variant.spec.platform.arch
@@ -405,6 +451,7 @@ def inspect_variant(variant, lock: dict[str, Any], services: list[str] | None = 
         echo(f"inspect: {variant.name} {svc}: reading the image's files")
         with mounted(bref) as root:
             checks.append(check_elf(root, arch))
+            checks.append(check_system(root, UID))
             if svc in ("vllm", "webui"):
                 checks.append(check_packages(root, lock, svc, PREFIX))
             if svc == "vllm" and gpu:

@@ -133,8 +133,11 @@ def mmdebstrap_cmd(lock: dict[str, Any], include: list[str], repo: Path, out: Pa
     if unpack:
         # /bin, /lib, /sbin as links into /usr, as usrmerge's postinst would make them (a host shell script)
         cmd.append(f"--setup-hook={MERGED_USR_HOOK}")
+    # the extract variant runs no customize hooks (nothing is installed to customize): its hooks
+    # run as extract hooks, on the unpacked tree, before mmdebstrap's own clean-up
+    kind = "extract" if unpack else "customize"
     for h in hooks:
-        cmd.append(f"--customize-hook={h}")
+        cmd.append(f"--{kind}-hook={h}")
     cmd += [lock["debian"]["suite"], str(out), f"deb [trusted=yes] copy://{repo} ./"]
     return cmd
 

@@ -420,12 +420,15 @@ def test_aarch64_base_is_unpacked_without_running_its_code(tmp_path):
     v, lock, stages = _stages_of("dgx-spark")
     cmd = mmdebstrap_cmd(lock, ["python3"], tmp_path, tmp_path / "out.tar", [EXTRACT_HOOK])
     assert "--variant=extract" in cmd and f"--setup-hook={MERGED_USR_HOOK}" in cmd and "--architectures=arm64" in cmd
+    # the extract variant runs no customize hooks: ours must be extract hooks or they never run
+    assert f"--extract-hook={EXTRACT_HOOK}" in cmd and not any(c.startswith("--customize-hook") for c in cmd)
     assert stages[0].inputs["unpacked"]["arch"] == "arm64"
     from builder.build import runs_at_build
     assert runs_at_build(stages) == []
 
     cpu_v, cpu_lock, cpu_stages = _stages_of("cpu")
     assert "--variant=apt" in mmdebstrap_cmd(cpu_lock, ["python3"], tmp_path, tmp_path / "o.tar", [])
+    assert "--customize-hook=x" in mmdebstrap_cmd(cpu_lock, ["python3"], tmp_path, tmp_path / "o.tar", ["x"])
     assert "unpacked" not in cpu_stages[0].inputs
     assert runs_at_build(cpu_stages) == ["vllm"]  # the tiny model is generated at build time
 

@@ -6,6 +6,7 @@ The real images are checked in test_gpu_images.py (slow tier).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -94,6 +95,44 @@ def test_elf_check_fails_on_a_tree_without_binaries(tmp_path):
 def test_elf_machines_reads_real_host_binaries(tmp_path):
     shutil.copy("/bin/true", tmp_path / "true")
     assert list(elf_machines(tmp_path)) == ["EM_X86_64"] or list(elf_machines(tmp_path)) == ["EM_AARCH64"]
+
+
+# --------------------------------------------------------------------------- system
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def _system_tree(root: Path) -> None:
+    write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\nimgforge:x:10001:10001:imgforge:/home/imgforge:/usr/sbin/nologin\n")
+    (root / "home/imgforge").mkdir(parents=True)
+    os.chown(root / "home/imgforge", 10001, 10001)
+    write(root / "etc/ssl/certs/ca-certificates.crt", CERT)
+    write(root / "etc/apt/sources.list", "deb http://deb.debian.org/debian bookworm main\n")
+
+
+def test_system_check_passes_on_a_sound_base(tmp_path):
+    from builder.inspect_images import check_system
+
+    _system_tree(tmp_path)
+    assert check_system(tmp_path, 10001).status == "ok"
+
+
+@pytest.mark.parametrize("breakage, expect", [
+    (lambda r: write(r / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"), "no account for the image's user"),
+    (lambda r: shutil.rmtree(r / "home/imgforge"), "is missing or not owned"),
+    (lambda r: (r / "etc/ssl/certs/ca-certificates.crt").unlink(), "no CA bundle"),
+    (lambda r: write(r / "etc/apt/sources.list", "deb [trusted=yes] copy:///tmp/build/repo-base ./\n"), "build host's repository"),
+    (lambda r: write(r / "var/lib/apt/lists/_tmp_repo_._Packages", "x"), "package lists were left"),
+])
+def test_system_check_fails_on_what_an_unconfigured_unpack_leaves(tmp_path, breakage, expect):
+    """An extract-only bootstrap whose hooks did not run has no accounts, no CA bundle and the
+    build host's repository in its apt sources."""
+    from builder.inspect_images import check_system
+
+    _system_tree(tmp_path)
+    breakage(tmp_path)
+    bad = check_system(tmp_path, 10001)
+    assert bad.status == "fail" and expect in bad.detail, bad
 
 
 # --------------------------------------------------------------------------- packages
