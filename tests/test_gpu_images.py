@@ -84,6 +84,7 @@ def test_static_checks_pass(gpu_build):
     assert not failed, failed
     names = {svc: {c.name: c.status for c in cs} for svc, cs in irep.checks.items()}
     assert names["vllm"]["elf"] == names["webui"]["elf"] == names["gateway"]["elf"] == "ok"
+    assert names["vllm"]["system"] == names["webui"]["system"] == names["gateway"]["system"] == "ok"
     assert names["vllm"]["cuda"] == names["vllm"]["packages"] == names["vllm"]["env-paths"] == "ok"
     if v.spec.platform.arch == "x86_64":
         assert names["vllm"]["import"] == names["vllm"]["flags"] == names["webui"]["import"] == "ok"
