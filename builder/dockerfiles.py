@@ -129,7 +129,8 @@ def plan_stages(variant, lock: dict[str, Any]) -> list[Stage]:
                    "include": lock["inputs"]["debian"]["sets"]["base"], "sde": lock["source_date_epoch"],
                    "mmdebstrap": lock["tools"].get("mmdebstrap")}
     if no_run(lock):
-        base_inputs["unpacked"] = {"arch": lock["platform"]["deb_arch"], "hook": _sha(EXTRACT_HOOK.encode())}
+        # how the hooks are passed is part of the recipe: the extract variant runs extract hooks only
+        base_inputs["unpacked"] = {"arch": lock["platform"]["deb_arch"], "hook": _sha(EXTRACT_HOOK.encode()), "hooks_as": "extract"}
     stages = [
         Stage("base", "base.Dockerfile.j2", None, base_inputs, {"rootfs": ["base"]}),
         Stage("gateway", "gateway.Dockerfile.j2", "base",
