@@ -102,9 +102,13 @@ def verify_reproducible(variant_ref: str = "cpu", workdir: Path | None = None, r
         (work / "report.json").write_text(json.dumps(report, indent=1, default=str))
     finally:
         if not keep:
-            for r in results.values():
-                _drop_store(r["storage"], r["env"])
-            for name in results:
+            from .build import storage_env
+
+            # every store a clean build started, also one that failed midway (gigabytes)
+            for name in VARIATIONS:
+                storage = work / f"store-{name}"
+                if storage.exists():
+                    _drop_store(storage, storage_env(storage))
                 shutil.rmtree(work / VARIATIONS[name]["dir"].split("/")[0], ignore_errors=True)
     if problems:
         raise ImgforgeError(f"not reproducible: {'; '.join(problems)} (report: {work / 'report.json'})")
