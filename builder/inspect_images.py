@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ImgforgeError
+from .cuda_check import RUNTIME
 from .lint import Check
+from .lock import _normalize as _norm
 
 # e_machine names (pyelftools) of each image architecture
 ELF_MACHINE = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
 GPU_MACHINES = {"EM_CUDA"}
-RUNTIME = re.compile(r"^nvidia-cuda-runtime(-cu\d+)?$")
 RUN_TIMEOUT_S = 600
 
 
@@ -119,10 +120,6 @@ def check_elf(root: Path, arch: str) -> Check:
     if n == 0:
         return Check("elf", "fail", f"no {arch} ELF file at all: not an image of this variant's root filesystem")
     return Check("elf", "ok", f"{n} ELF executables/shared objects, all {want}" + (f"; {gpu} GPU code objects" if gpu else ""), notes)
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def installed(root: Path, prefix: str) -> dict[str, str]:
